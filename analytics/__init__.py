@@ -1,0 +1,1 @@
+"""ClickHouse schema and queries, Polars invoicing, batch re-billing. Never imports ray."""

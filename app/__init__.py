@@ -1,0 +1,1 @@
+"""FaaS-on-Ray domain: settings, schemas, runtimes, stores, events. Never imports ray."""

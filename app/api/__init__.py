@@ -1,0 +1,1 @@
+"""FastAPI applications (routes only; the services behind them are passed in)."""

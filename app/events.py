@@ -1,0 +1,65 @@
+"""Lifecycle events on ``faas.deployments`` (JSON, key = run id)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from app.schemas import RunStatus, StopReason
+
+EVENT_VERSION = 1
+
+
+def _new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    version: int = EVENT_VERSION
+    event_id: str = Field(default_factory=_new_event_id)
+    event_time: datetime = Field(default_factory=_now)
+    run_id: str
+    tenant: str
+    image_name: str
+
+
+class Deployed(_Event):
+    type: Literal["deployed"] = "deployed"
+    cpu: float
+    memory_mb: int
+    timeout_s: int
+    tariff: str | None = None
+
+
+class Started(_Event):
+    type: Literal["started"] = "started"
+    started_at: datetime
+
+
+class Stopped(_Event):
+    type: Literal["stopped"] = "stopped"
+    status: RunStatus
+    reason: StopReason
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime
+    message: str | None = None
+
+
+LifecycleEvent = Annotated[Deployed | Started | Stopped, Field(discriminator="type")]
+lifecycle_event = TypeAdapter[Deployed | Started | Stopped](LifecycleEvent)
+
+
+class EventPublisher(Protocol):
+    """Sends already-serialised events; returns once the broker has them durably."""
+
+    async def publish(self, topic: str, messages: list[tuple[str, bytes]]) -> None: ...
+
+    async def close(self) -> None: ...

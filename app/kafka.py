@@ -1,0 +1,81 @@
+"""Kafka plumbing shared by producers and consumers (aiokafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from app.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: KafkaSettings, *extra: str) -> None:
+    """Create the platform's topics if missing (idempotent, safe to race)."""
+    names = [settings.deployments_topic, settings.metrics_topic, settings.invoices_topic, *extra]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            for name in names
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class KafkaEventPublisher:
+    """Idempotent producer, acks=all: ``publish`` returns once every message is durable."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._settings.bootstrap,
+                    client_id=self._settings.client_id,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=5,
+                    request_timeout_ms=15_000,
+                )
+                try:
+                    await producer.start()
+                except KafkaError:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def publish(self, topic: str, messages: list[tuple[str, bytes]]) -> None:
+        producer = await self._started()
+        try:
+            futures = [
+                await producer.send(topic, key=key.encode(), value=value) for key, value in messages
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError:
+            # Drop the producer so the next attempt reconnects from scratch.
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()

@@ -1,0 +1,1 @@
+"""Mail: the local SMTP sink that stands in for a real relay during development."""

@@ -1,0 +1,147 @@
+"""One settings object for the whole platform (env prefix ``FAAS_``).
+
+Nested per subsystem; a subsystem's variables are ``FAAS_<SUBSYSTEM>_<FIELD>``
+(e.g. ``FAAS_KAFKA_BOOTSTRAP``, ``FAAS_SMTP_HOST``). ``FAAS_RUNTIME=podman|kubernetes``
+is accepted as a shorthand for ``FAAS_RUNTIME_KIND``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER = "changethis"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:9092"
+    deployments_topic: str = "faas.deployments"
+    metrics_topic: str = "faas.metrics"
+    invoices_topic: str = "faas.invoices"
+    partitions: int = Field(default=3, ge=1)
+    client_id: str = "faas"
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…], got {value!r}")
+        return value
+
+
+class ClickHouseSettings(BaseModel):
+    url: str | None = None  # chdb:///abs/path (embedded) or http(s)://host:8123
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    sender: str = "billing@faas.local"
+    mail_dir: Path | None = None  # where the local sink writes .eml files
+
+
+class RuntimeSettings(BaseModel):
+    kind: Literal["podman", "kubernetes"] = "podman"
+    docker_url: str | None = None  # unix:// socket of `podman system service`
+    namespace: str = "faas-functions"
+    default_cpu: float = Field(default=1.0, gt=0)
+    max_cpu: float = Field(default=2.0, gt=0)
+    default_memory_mb: int = Field(default=256, ge=6)
+    max_memory_mb: int = Field(default=4096, ge=6)
+    default_timeout_s: int = Field(default=300, ge=1)
+    max_timeout_s: int = Field(default=3600, ge=1)
+    max_env_bytes: int = Field(default=32 * 1024, ge=0)
+    stop_grace_s: int = Field(default=2, ge=0)
+    reconcile_interval_s: float = Field(default=0.5, gt=0)
+    log_tail_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> RuntimeSettings:
+        if self.default_cpu > self.max_cpu:
+            raise ValueError("default_cpu exceeds max_cpu")
+        if self.default_memory_mb > self.max_memory_mb:
+            raise ValueError("default_memory_mb exceeds max_memory_mb")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s exceeds max_timeout_s")
+        return self
+
+
+class MeterSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9999, ge=1, le=65535)
+    secret: SecretStr = SecretStr(PLACEHOLDER)
+    interval_ms: int = Field(default=250, ge=10)
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FAAS_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    mode: Literal["local", "production"] = "local"
+    home: Path = Path(".faas")
+    database_url: str | None = None
+    admin_token: SecretStr = SecretStr(PLACEHOLDER)
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    runtime: Annotated[RuntimeSettings, NoDecode] = RuntimeSettings()
+    meter: MeterSettings = MeterSettings()
+    http: HttpSettings = HttpSettings()
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """Fill in the embedded (``make run``) defaults, all under ``home``."""
+        self.home = self.home.expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.home / 'faas.db'}"
+        if self.clickhouse.url is None:
+            self.clickhouse.url = f"chdb://{self.home / 'clickhouse'}"
+        if self.runtime.docker_url is None:
+            self.runtime.docker_url = f"unix://{self.home / 'podman.sock'}"
+        if self.smtp.mail_dir is None:
+            self.smtp.mail_dir = self.home / "mail"
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_outside_local(self) -> Settings:
+        if self.mode == "local":
+            return self
+        secrets = {"FAAS_ADMIN_TOKEN": self.admin_token, "FAAS_METER_SECRET": self.meter.secret}
+        for name, secret in secrets.items():
+            if secret.get_secret_value() in ("", PLACEHOLDER):
+                raise ValueError(f"{name} still holds a placeholder; set it in {self.mode} mode")
+        return self
+
+    @property
+    def sql_url(self) -> str:
+        assert self.database_url is not None  # filled by _embedded_defaults
+        return self.database_url

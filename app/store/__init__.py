@@ -1,0 +1,1 @@
+"""SQL storage (SQLite by default, PostgreSQL by URL): runs and the event outbox."""

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: thin wiring of ``app`` objects, one ``app`` per module."""

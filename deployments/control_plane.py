@@ -1,0 +1,46 @@
+"""The control plane as a Ray Serve ingress deployment (``/v1/functions``, ``/healthz``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+from ray import serve
+from ray.serve import Application
+
+from app.api.functions import create_functions_api
+from app.control.platform import ControlPlaneApp
+from app.settings import Settings
+
+
+@serve.deployment(name="ControlPlane", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class ControlPlaneDeployment:
+    def __init__(self, settings: Settings) -> None:
+        self._platform = ControlPlaneApp.from_settings(settings)
+        self._started = asyncio.get_running_loop().create_task(self._platform.start())
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_functions_api(self._platform.control, ready=self._started)
+
+    async def check_health(self) -> None:
+        if self._started.done() and self._started.exception() is not None:
+            raise RuntimeError(f"control plane failed to start: {self._started.exception()}")
+
+    async def __del__(self) -> None:
+        await self._platform.close()
+
+
+class ControlPlaneArgs(BaseModel):
+    """Arguments of the application builder (``serve run deployments.control_plane:app_builder``)."""
+
+    settings: dict[str, Any] = {}
+
+
+def build(settings: Settings) -> Application:
+    return ControlPlaneDeployment.bind(settings)
+
+
+def app_builder(args: ControlPlaneArgs) -> Application:
+    return build(Settings(**args.settings))

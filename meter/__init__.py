@@ -1,0 +1,1 @@
+"""Usage metering: the agent-to-server meter protocol (see docs/METER_PROTOCOL.md)."""
