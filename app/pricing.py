@@ -28,6 +28,8 @@ _EXACT: Final = decimal.Context(
 
 
 class LineKind(StrEnum):
+    """What an invoice line charges for; ``unit`` is what its quantity counts."""
+
     CPU = "cpu"
     MEMORY = "memory"
     EXECUTION = "execution"
@@ -39,6 +41,8 @@ class LineKind(StrEnum):
 
 
 class Unit(StrEnum):
+    """Unit of a line's quantity and unit price."""
+
     CPU_SECOND = "cpu_second"
     GIB_SECOND = "gib_second"
     EXECUTION = "execution"

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 # Docker/OCI reference: [registry[:port]/]path[:tag][@digest], lower-case path components.
 _IMAGE_REFERENCE = re.compile(
-    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"  # registry host (optional)
+    # registry (optional): a host with a dot or a port, or localhost, as Docker tells them apart
+    r"^(?:(?:(?:[a-zA-Z0-9-]+\.)+[a-zA-Z0-9-]+(?::[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+|localhost)/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # first path component
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # more path components
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # tag

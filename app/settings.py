@@ -59,6 +59,7 @@ class RuntimeSettings(BaseModel):
     kind: Literal["podman", "kubernetes"] = "podman"
     docker_url: str | None = None  # unix:// socket of `podman system service`
     namespace: str = "faas-functions"
+    owner: str | None = None  # label on every container; defaults to the home directory
     default_cpu: float = Field(default=1.0, gt=0)
     max_cpu: float = Field(default=2.0, gt=0)
     default_memory_mb: int = Field(default=256, ge=6)
@@ -127,6 +128,8 @@ class Settings(BaseSettings):
             self.clickhouse.url = f"chdb://{self.home / 'clickhouse'}"
         if self.runtime.docker_url is None:
             self.runtime.docker_url = f"unix://{self.home / 'podman.sock'}"
+        if self.runtime.owner is None:
+            self.runtime.owner = str(self.home)
         if self.smtp.mail_dir is None:
             self.smtp.mail_dir = self.home / "mail"
         return self

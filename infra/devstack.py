@@ -188,25 +188,28 @@ def start_podman_service(state: Path, socket_path: Path) -> int:
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+
+
 def start_postgres(state: Path, port: int) -> str:
-    """A throw-away cluster owned by the ``postgres`` OS user; returns its SQLAlchemy URL."""
+    """A throw-away cluster owned by the ``postgres`` OS user; returns its SQLAlchemy URL.
+
+    ``state`` must be reachable by that user (not under a root-only 0700 directory).
+    """
     data = state / "pgdata"
     state.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(state, "postgres", "postgres")
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if not (data / "PG_VERSION").exists():
-        subprocess.run(
-            [*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-             "--no-sync"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        _run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+              "--no-sync"])  # fmt: skip
     options = f"-p {port} -k {state} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(state / "postgres.log"),
-         "-o", options, "-w", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(state / "postgres.log"),
+          "-o", options, "-w", "start"])  # fmt: skip
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
 
 
@@ -241,10 +244,35 @@ def start_smtp_sink(state: Path, port: int, mail_dir: Path) -> int:
     return pid
 
 
+# -- Ray head (dashboard on, token auth on) -----------------------------------------------------
+
+
+def start_ray_head(state: Path, dashboard_port: int) -> int:
+    """``ray start --head --block`` as our child: stopping its process group stops Ray."""
+    ray = Path(sys.executable).parent / "ray"
+    argv = [str(ray), "start", "--head", "--block", "--disable-usage-stats",
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)]  # fmt: skip
+    pid = spawn("ray", argv, state)
+    wait_for_port(dashboard_port, 120, "Ray dashboard", pid)
+    return pid
+
+
+def stop_functions(owner: str, grace_s: int = 2) -> int:
+    """Stop the function containers this installation started; returns how many."""
+    env = {**os.environ, **podman_env()}
+    ids = subprocess.run(
+        ["podman", "ps", "-q", "--filter", f"label=faas.owner={owner}"],
+        capture_output=True, text=True, env=env, check=False,
+    ).stdout.split()  # fmt: skip
+    if ids:
+        subprocess.run(["podman", "stop", "-t", str(grace_s), *ids], capture_output=True, env=env)
+    return len(ids)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("service", choices=["kafka", "podman", "smtp"])
+    parser.add_argument("service", choices=["kafka", "podman", "smtp", "ray", "functions"])
     parser.add_argument("--state", type=Path, default=ROOT / ".faas")
     parser.add_argument("--port", type=int)
     parser.add_argument("--socket", type=Path)
@@ -252,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state: Path = args.state.resolve()
     name = args.service
+    if args.action == "stop" and name == "functions":
+        # The runs stay recorded as running; the control plane closes them on its next start.
+        print(f"functions: stopped {stop_functions(os.environ.get('FAAS_HOME', str(state)))}")
+        return 0
     if args.action == "stop":
         print(f"{name}: {'stopped' if stop(name, state) else 'was not running'}")
         return 0
@@ -263,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if name == "kafka":
         start_kafka(state, args.port or 9092)
+    elif name == "ray":
+        start_ray_head(state, args.port or 8265)
     elif name == "podman":
         start_podman_service(state, args.socket or state / "podman.sock")
     else:

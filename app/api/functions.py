@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,7 +15,7 @@ from app.control import ControlPlane, FieldError, RunConflict, RunNotFound
 from app.runtime import ImageNotFound, RuntimeError_, RuntimeUnavailable
 from app.schemas import RunAccepted, RunRequest, RunView
 
-_NOT_FOUND = {404: {"description": "no such run"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such run"}}
 
 
 def functions_router(control: ControlPlane) -> APIRouter:
@@ -39,7 +39,9 @@ def functions_router(control: ControlPlane) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> list[RunView]:
         """A tenant's runs, newest first."""
-        return [RunView.model_validate(r.model_dump()) for r in await control.list(email, limit, offset)]
+        return [
+            RunView.model_validate(r.model_dump()) for r in await control.list(email, limit, offset)
+        ]
 
     @router.get("/{run_id}", response_model=RunView, responses=_NOT_FOUND)
     async def get_function(run_id: str) -> RunView:
@@ -86,9 +88,7 @@ def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(RunConflict, conflict)
 
 
-def create_functions_api(
-    control: ControlPlane, ready: Awaitable[None] | None = None
-) -> FastAPI:
+def create_functions_api(control: ControlPlane, ready: Awaitable[None] | None = None) -> FastAPI:
     """The functions API; requests wait for ``ready`` (migrations) and get 503 if it failed."""
     api = FastAPI(
         title="FaaS on Ray",

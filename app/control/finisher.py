@@ -13,7 +13,9 @@ from app.settings import RuntimeSettings
 from app.store.runs import Finish, OutgoingEvent, RunRecord, RunRepository
 
 
-def outcome_of_exit(state: ContainerState, memory_mb: int) -> tuple[RunStatus, StopReason, str | None]:
+def outcome_of_exit(
+    state: ContainerState, memory_mb: int
+) -> tuple[RunStatus, StopReason, str | None]:
     """How a container that ended by itself is reported."""
     if state.oom_killed:
         return RunStatus.FAILED, StopReason.FAILED, f"killed: out of memory (limit {memory_mb} MiB)"

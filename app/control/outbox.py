@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from itertools import groupby
@@ -15,7 +16,12 @@ log = logging.getLogger(__name__)
 
 class OutboxRelay:
     def __init__(
-        self, runs: RunRepository, publisher: EventPublisher, *, batch: int = 500, idle_s: float = 1.0
+        self,
+        runs: RunRepository,
+        publisher: EventPublisher,
+        *,
+        batch: int = 500,
+        idle_s: float = 1.0,
     ) -> None:
         if runs is None or publisher is None:
             raise ValueError("runs and publisher are required")
@@ -35,7 +41,9 @@ class OutboxRelay:
             # Consecutive runs of one topic keep per-key order: a run's events share a key.
             for topic, group in groupby(rows, key=lambda row: row[1].topic):
                 chunk = list(group)
-                await self._publisher.publish(topic, [(e.key, e.payload.encode()) for _, e in chunk])
+                await self._publisher.publish(
+                    topic, [(e.key, e.payload.encode()) for _, e in chunk]
+                )
                 ids = [event_id for event_id, _ in chunk]
                 await asyncio.to_thread(self._runs.mark_published, ids, datetime.now(UTC))
                 sent += len(chunk)
@@ -46,10 +54,8 @@ class OutboxRelay:
     async def run_forever(self) -> None:
         backoff = self._idle_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             try:
                 await self.publish_pending()

@@ -33,7 +33,10 @@ class Reconciler:
                     await self._discard_stale(run.id, container)
             elif container is None:
                 await control.finisher.finish(
-                    run, RunStatus.FAILED, StopReason.FAILED, "container disappeared from the runtime"
+                    run,
+                    RunStatus.FAILED,
+                    StopReason.FAILED,
+                    "container disappeared from the runtime",
                 )
             elif not container.running:
                 state = await control.runtime.inspect(container.container_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,7 @@ class ControlPlane:
             memory_mb=memory_mb,
             env=request.env,
             command=request.command,
+            owner=self.limits.owner or "",
         )
         container_id: str | None = None
         try:
@@ -97,7 +99,9 @@ class ControlPlane:
             tariff=request.tariff,
         )  # fmt: skip
         started = Started(**common, event_time=started_at, started_at=started_at)
-        events = [OutgoingEvent(self.topic, run_id, e.model_dump_json()) for e in (deployed, started)]
+        events = [
+            OutgoingEvent(self.topic, run_id, e.model_dump_json()) for e in (deployed, started)
+        ]
         deadline = started_at + timedelta(seconds=timeout_s)
         await asyncio.to_thread(
             self.runs.mark_running, run_id, container_id, started_at, deadline, events
@@ -107,10 +111,10 @@ class ControlPlane:
 
     async def _undo(self, run_id: str, container_id: str | None) -> None:
         if container_id is not None:
-            try:
+            # If this fails too, the reconciler removes the container later; the caller
+            # still gets the original error.
+            with contextlib.suppress(Exception):
                 await self.runtime.remove(container_id)
-            except Exception:  # noqa: S110 - the reconciler removes it later; the error is raised
-                pass
         await asyncio.to_thread(self.runs.discard, run_id)
 
     async def get(self, run_id: str) -> RunRecord:

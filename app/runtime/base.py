@@ -8,6 +8,7 @@ from typing import Protocol
 
 RUN_ID_LABEL = "faas.run_id"
 TENANT_LABEL = "faas.tenant"
+OWNER_LABEL = "faas.owner"  # which installation started it (`make stop` stops only ours)
 
 
 class RuntimeUnavailable(Exception):
@@ -18,7 +19,7 @@ class ImageNotFound(Exception):
     """The image is not present and cannot be pulled."""
 
 
-class RuntimeError_(Exception):  # noqa: N801 - avoid shadowing the builtin RuntimeError
+class RuntimeError_(Exception):
     """The runtime answered but refused or failed the operation."""
 
 
@@ -31,6 +32,7 @@ class ContainerSpec:
     memory_mb: int
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
+    owner: str = ""
 
 
 @dataclass(frozen=True)

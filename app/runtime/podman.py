@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -12,6 +14,7 @@ import docker.errors
 import requests.exceptions
 
 from app.runtime.base import (
+    OWNER_LABEL,
     RUN_ID_LABEL,
     TENANT_LABEL,
     ContainerSpec,
@@ -32,7 +35,7 @@ def parse_docker_time(value: str | None) -> datetime | None:
     head, _, rest = value.partition(".")
     if not rest:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    digits = "".join(c for c in rest if c.isdigit())
+    digits = "".join(itertools.takewhile(str.isdigit, rest))
     zone = rest[len(digits) :] or "Z"
     stamp = f"{head}.{digits[:6].ljust(6, '0')}{zone.replace('Z', '+00:00')}"
     return datetime.fromisoformat(stamp).astimezone(UTC)
@@ -94,7 +97,11 @@ class DockerApiRuntime:
                 command=spec.command,
                 name=f"faas-{spec.run_id}",
                 environment=spec.env,
-                labels={RUN_ID_LABEL: spec.run_id, TENANT_LABEL: spec.tenant},
+                labels={
+                    RUN_ID_LABEL: spec.run_id,
+                    TENANT_LABEL: spec.tenant,
+                    OWNER_LABEL: spec.owner,
+                },
                 nano_cpus=int(spec.cpu * 1e9),
                 mem_limit=f"{spec.memory_mb}m",
                 memswap_limit=f"{spec.memory_mb}m",  # no swap: the limit is the limit
@@ -142,10 +149,8 @@ class DockerApiRuntime:
 
     async def stop(self, container_id: str, grace_s: int) -> None:
         def stop(client: docker.DockerClient) -> None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 client.api.stop(container_id, timeout=grace_s)
-            except docker.errors.NotFound:
-                pass
 
         await self._call(stop)
 
@@ -161,10 +166,8 @@ class DockerApiRuntime:
 
     async def remove(self, container_id: str) -> None:
         def remove(client: docker.DockerClient) -> None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 client.api.remove_container(container_id, force=True)
-            except docker.errors.NotFound:
-                pass
 
         await self._call(remove)
 

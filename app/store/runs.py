@@ -158,4 +158,6 @@ class RunRepository:
 
 def _add_events(session: Session, events: Sequence[OutgoingEvent], at: datetime) -> None:
     for event in events:
-        session.add(OutboxRow(topic=event.topic, key=event.key, payload=event.payload, created_at=at))
+        session.add(
+            OutboxRow(topic=event.topic, key=event.key, payload=event.payload, created_at=at)
+        )

@@ -1,0 +1,99 @@
+"""Migrations and the run repository on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from app.schemas import RunStatus, StopReason
+from app.store.db import make_engine, migrate
+from app.store.models import RunRow
+from app.store.runs import Finish, OutgoingEvent, RunRepository
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'faas.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def new_run(run_id: str, email: str = "a@b.c") -> RunRow:
+    return RunRow(
+        id=run_id, email=email, image_name="localhost/faas-echo", command=None, cpu=1.0,
+        memory_mb=64, timeout_s=10, tariff=None, status=RunStatus.PENDING.value,
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def test_migrations_from_empty_are_repeatable(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    migrate(engine)  # a second replica starting finds nothing to do
+    tables = set(inspect(engine).get_table_names())
+    assert {"runs", "event_outbox", "alembic_version"} <= tables
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+
+
+def test_state_change_and_its_events_commit_together(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    runs = RunRepository(engine)
+    runs.add_pending(new_run("r1"))
+    started = datetime.now(UTC)
+    events = [
+        OutgoingEvent("t", "r1", '{"type":"deployed"}'),
+        OutgoingEvent("t", "r1", '{"type":"started"}'),
+    ]
+    runs.mark_running("r1", "c1", started, started + timedelta(seconds=10), events)
+    record = runs.get("r1")
+    assert record is not None and record.status == RunStatus.RUNNING
+    assert record.started_at == started and record.started_at.tzinfo is not None
+
+    finish = Finish(RunStatus.FAILED, StopReason.EXITED, 3, started + timedelta(seconds=1), "log")
+    assert runs.finish("r1", finish, OutgoingEvent("t", "r1", '{"type":"stopped"}'))
+    # The loser of a race changes nothing and emits nothing.
+    assert not runs.finish("r1", finish, OutgoingEvent("t", "r1", '{"type":"stopped"}'))
+
+    pending = runs.unpublished(100)
+    assert [e.payload for _, e in pending] == [
+        '{"type":"deployed"}',
+        '{"type":"started"}',
+        '{"type":"stopped"}',
+    ]
+    runs.mark_published([i for i, _ in pending], datetime.now(UTC))
+    assert runs.unpublished(100) == []
+    assert runs.logs("r1") == "log"
+    assert runs.finished_ids(["r1", "other"]) == {"r1"}
+
+
+def test_discard_only_removes_pending_runs(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    runs = RunRepository(engine)
+    runs.add_pending(new_run("p1"))
+    runs.discard("p1")
+    assert runs.get("p1") is None
+    runs.add_pending(new_run("p2"))
+    now = datetime.now(UTC)
+    runs.mark_running("p2", "c", now, now, [])
+    runs.discard("p2")
+    assert runs.get("p2") is not None
+
+
+def test_list_by_email_is_paginated_newest_first(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate(engine)
+    runs = RunRepository(engine)
+    base = datetime.now(UTC)
+    for i in range(5):
+        row = new_run(f"r{i}", "p@q.r")
+        row.created_at = base + timedelta(seconds=i)
+        runs.add_pending(row)
+    runs.add_pending(new_run("other", "x@y.z"))
+    assert [r.id for r in runs.by_email("p@q.r", 2, 0)] == ["r4", "r3"]
+    assert [r.id for r in runs.by_email("p@q.r", 10, 3)] == ["r1", "r0"]
