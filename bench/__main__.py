@@ -1,0 +1,39 @@
+"""Runs every benchmark and prints the figures recorded in docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import run_latency
+from bench.stack import platform_stack
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    report: dict[str, object] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}",
+    }
+    with platform_stack() as stack:
+        latency = run_latency.measure(stack)
+    ours, api, cli = latency["ours"], latency["api"], latency["cli"]
+    report["run_latency"] = latency
+    report["ratios"] = {
+        "ours_vs_api_p50": ours["p50_ms"] / api["p50_ms"],
+        "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{report['when']}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
