@@ -36,6 +36,7 @@ class Deployed(_Event):
     memory_mb: int
     timeout_s: int
     tariff: str | None = None
+    tariff_id: int | None = None
 
 
 class Started(_Event):
@@ -63,3 +64,35 @@ class EventPublisher(Protocol):
     async def publish(self, topic: str, messages: list[tuple[str, bytes]]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class UsageSample(BaseModel):
+    """One meter reading on ``faas.metrics`` (key = run id). Counters are cumulative since
+    the agent first saw the container, so the latest sample alone carries all usage."""
+
+    type: Literal["usage.sample"] = "usage.sample"
+    version: int = EVENT_VERSION
+    event_id: str  # "<run_id>:<seq>": the same reading always has the same id
+    event_time: datetime  # when the agent took the reading
+    run_id: str
+    tenant: str
+    node: str
+    seq: int = Field(ge=0)
+    cpu_ns: int = Field(ge=0)  # CPU time used by the container so far
+    memory_bytes: int = Field(ge=0)  # memory in use at event_time
+    memory_byte_ms: int = Field(ge=0)  # ∫ memory dt so far (trapezoid), byte·milliseconds
+    first_seen: datetime  # when the agent's integral starts (its first reading)
+    final: bool = False  # the container exited: no reading will follow
+
+
+class NodeEvent(BaseModel):
+    """What a meter agent saw happen to a container, on ``faas.node-events`` (key = run id)."""
+
+    type: Literal["container.started", "container.exited"]
+    version: int = EVENT_VERSION
+    event_id: str
+    event_time: datetime
+    run_id: str
+    tenant: str
+    node: str
+    exit_code: int | None = None

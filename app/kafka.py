@@ -17,7 +17,13 @@ log = logging.getLogger(__name__)
 
 async def ensure_topics(settings: KafkaSettings, *extra: str) -> None:
     """Create the platform's topics if missing (idempotent, safe to race)."""
-    names = [settings.deployments_topic, settings.metrics_topic, settings.invoices_topic, *extra]
+    names = [
+        settings.deployments_topic,
+        settings.metrics_topic,
+        settings.invoices_topic,
+        settings.node_events_topic,
+        *extra,
+    ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id)
     await admin.start()
     try:

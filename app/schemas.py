@@ -101,6 +101,7 @@ class RunView(BaseModel):
     timeout_s: int
     command: list[str] | None
     tariff: str | None
+    tariff_id: int | None
     exit_code: int | None
     reason: StopReason | None
     message: str | None

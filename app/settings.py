@@ -7,6 +7,8 @@ is accepted as a shorthand for ``FAAS_RUNTIME_KIND``.
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +23,7 @@ class KafkaSettings(BaseModel):
     deployments_topic: str = "faas.deployments"
     metrics_topic: str = "faas.metrics"
     invoices_topic: str = "faas.invoices"
+    node_events_topic: str = "faas.node-events"
     partitions: int = Field(default=3, ge=1)
     client_id: str = "faas"
 
@@ -83,10 +86,15 @@ class RuntimeSettings(BaseModel):
 
 
 class MeterSettings(BaseModel):
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where the meter server listens (UDP) and agents send
     port: int = Field(default=9999, ge=1, le=65535)
     secret: SecretStr = SecretStr(PLACEHOLDER)
-    interval_ms: int = Field(default=250, ge=10)
+    interval_ms: int = Field(default=250, ge=10)  # agent sampling interval
+    node: str | None = None  # agent's node name; defaults to the host name
+    metrics_port: int = Field(default=9464, ge=1, le=65535)  # server counters (HTTP)
+    cgroup_root: str = "/sys/fs/cgroup"
+    flush_count: int = Field(default=500, ge=1)  # server: produce after this many…
+    flush_ms: int = Field(default=100, ge=1)  # …or this long, whichever first
 
 
 class HttpSettings(BaseModel):
@@ -148,3 +156,18 @@ class Settings(BaseSettings):
     def sql_url(self) -> str:
         assert self.database_url is not None  # filled by _embedded_defaults
         return self.database_url
+
+
+def with_local_admin_token(settings: Settings) -> tuple[Settings, Path | None]:
+    """In local mode with no token configured, use ``<home>/admin_token`` (created 0600 on
+    first use). Returns the settings to use and the token file, if one is in play."""
+    if settings.mode != "local" or settings.admin_token.get_secret_value() != PLACEHOLDER:
+        return settings, None
+    token_file = settings.home / "admin_token"
+    if not token_file.exists():
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    token = token_file.read_text().strip()
+    return settings.model_copy(update={"admin_token": SecretStr(token)}), token_file

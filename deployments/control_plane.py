@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
@@ -32,15 +31,5 @@ class ControlPlaneDeployment:
         await self._platform.close()
 
 
-class ControlPlaneArgs(BaseModel):
-    """Arguments of the application builder (``serve run deployments.control_plane:app_builder``)."""
-
-    settings: dict[str, Any] = {}
-
-
 def build(settings: Settings) -> Application:
     return ControlPlaneDeployment.bind(settings)
-
-
-def app_builder(args: ControlPlaneArgs) -> Application:
-    return build(Settings(**args.settings))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
@@ -34,3 +35,33 @@ def field_error(field: str, message: str, status_code: int = 422) -> JSONRespons
 
 def plain_error(message: str, status_code: int) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status_code)
+
+
+def readiness_gate(api: FastAPI, ready: Awaitable[None], what: str) -> None:
+    """Requests wait for ``ready`` (migrations at start) and get 503 if it failed."""
+    gate = asyncio.ensure_future(ready)
+
+    @api.middleware("http")
+    async def wait_until_ready(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        try:
+            await asyncio.shield(gate)
+        except Exception as exc:
+            return plain_error(f"{what} not ready: {exc}", 503)
+        return await call_next(request)
+
+
+class PrefixRootAsSlash:
+    """Serves ``/prefix`` like ``/prefix/`` (no 307 redirect) for an app mounted at a route
+    prefix: ``curl localhost:8080/v1/tariffs`` must work as written."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            root = scope.get("root_path", "")
+            if scope["path"] in ("", root):
+                scope = {**scope, "path": f"{root}/"}
+        await self.app(scope, receive, send)

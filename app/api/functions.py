@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import EmailStr
 
-from app.api.common import JsonBodyRoute, field_error, plain_error
+from app.api.common import JsonBodyRoute, field_error, plain_error, readiness_gate
 from app.control import ControlPlane, FieldError, RunConflict, RunNotFound
 from app.runtime import ImageNotFound, RuntimeError_, RuntimeUnavailable
 from app.schemas import RunAccepted, RunRequest, RunView
@@ -98,17 +97,7 @@ def create_functions_api(control: ControlPlane, ready: Awaitable[None] | None = 
     api.include_router(functions_router(control))
     install_error_handlers(api)
     if ready is not None:
-        gate = asyncio.ensure_future(ready)
-
-        @api.middleware("http")
-        async def wait_until_ready(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            try:
-                await asyncio.shield(gate)
-            except Exception as exc:
-                return plain_error(f"control plane not ready: {exc}", 503)
-            return await call_next(request)
+        readiness_gate(api, ready, "control plane")
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -16,6 +16,7 @@ from app.runtime.podman import DockerApiRuntime
 from app.settings import RuntimeSettings, Settings
 from app.store.db import make_engine, migrate
 from app.store.runs import RunRepository
+from app.tariffs.repository import TariffRepository
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ControlPlaneApp:
         self.control = ControlPlane(
             self.runs,
             runtime,
+            TariffRepository(self.engine),
             settings.runtime,
             settings.kafka.deployments_topic,
             on_commit=self.relay.wake,

@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from app.control.errors import FieldError, RunConflict, RunNotFound
 from app.control.finisher import Finisher
@@ -16,6 +17,13 @@ from app.schemas import RunRequest, RunStatus, StopReason
 from app.settings import RuntimeSettings
 from app.store.models import RunRow
 from app.store.runs import OutgoingEvent, RunRecord, RunRepository
+from app.tariffs.schemas import TariffView
+
+
+class TariffResolver(Protocol):
+    def resolve(self, ref: str | None) -> TariffView:
+        """The live tariff named ``ref`` (id or name), or the default; LookupError if none."""
+        ...
 
 
 def utcnow() -> datetime:
@@ -27,14 +35,16 @@ class ControlPlane:
         self,
         runs: RunRepository,
         runtime: Runtime,
+        tariffs: TariffResolver,
         limits: RuntimeSettings,
         topic: str,
         *,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
-        if runs is None or runtime is None or limits is None:
-            raise ValueError("runs, runtime and limits are required")
+        if runs is None or runtime is None or tariffs is None or limits is None:
+            raise ValueError("runs, runtime, tariffs and limits are required")
         self.runs = runs
+        self.tariffs = tariffs
         self.runtime = runtime
         self.limits = limits
         self.topic = topic
@@ -60,6 +70,10 @@ class ControlPlane:
     async def submit(self, request: RunRequest) -> RunRecord:
         """Create and start the container. On any runtime failure nothing is left behind."""
         cpu, memory_mb, timeout_s = self._checked(request)
+        try:
+            tariff = await asyncio.to_thread(self.tariffs.resolve, request.tariff)
+        except LookupError as exc:
+            raise FieldError("tariff", str(exc)) from exc
         run_id = str(uuid.uuid4())
         row = RunRow(
             id=run_id,
@@ -69,7 +83,8 @@ class ControlPlane:
             cpu=cpu,
             memory_mb=memory_mb,
             timeout_s=timeout_s,
-            tariff=request.tariff,
+            tariff=tariff.name,
+            tariff_id=tariff.id,
             status=RunStatus.PENDING.value,
             created_at=utcnow(),
         )
@@ -96,7 +111,7 @@ class ControlPlane:
         common = {"run_id": run_id, "tenant": row.email, "image_name": row.image_name}
         deployed = Deployed(
             **common, event_time=deployed_at, cpu=cpu, memory_mb=memory_mb, timeout_s=timeout_s,
-            tariff=request.tariff,
+            tariff=tariff.name, tariff_id=tariff.id,
         )  # fmt: skip
         started = Started(**common, event_time=started_at, started_at=started_at)
         events = [

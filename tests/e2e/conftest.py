@@ -11,6 +11,8 @@ import pytest
 
 from infra import devstack
 
+ADMIN_TOKEN = "e2e-admin-token"
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -18,6 +20,10 @@ class Platform:
     kafka_bootstrap: str
     deployments_topic: str
     database: str
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -32,7 +38,7 @@ def platform(
     from ray import serve
 
     from app.settings import Settings
-    from deployments.control_plane import build
+    from deployments.apps import platform_apps
 
     home: Path = tmp_path_factory.mktemp(f"home-{request.param}")
     database_url = (
@@ -42,14 +48,18 @@ def platform(
     topic = f"faas.deployments.{request.param}"
     settings = Settings(
         home=home,
+        admin_token=ADMIN_TOKEN,
         database_url=database_url,
         kafka={"bootstrap": kafka_bootstrap, "deployments_topic": topic},
         runtime={"docker_url": podman_url, "stop_grace_s": 1, "reconcile_interval_s": 0.3},
     )
-    serve.run(build(settings), name="faas", route_prefix="/")
+    apps = platform_apps(settings)
+    for app in apps:
+        serve.run(app.app, name=app.name, route_prefix=app.route_prefix)
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30)
     try:
         yield Platform(client, kafka_bootstrap, topic, request.param)
     finally:
         client.close()
-        serve.delete("faas")
+        for app in apps:
+            serve.delete(app.name)

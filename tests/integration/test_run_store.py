@@ -6,10 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app.schemas import RunStatus, StopReason
-from app.store.db import make_engine, migrate
+from app.store.db import MIGRATIONS, make_engine, migrate
 from app.store.models import RunRow
 from app.store.runs import Finish, OutgoingEvent, RunRepository
 
@@ -34,9 +37,20 @@ def test_migrations_from_empty_are_repeatable(database_url: str) -> None:
     migrate(engine)
     migrate(engine)  # a second replica starting finds nothing to do
     tables = set(inspect(engine).get_table_names())
-    assert {"runs", "event_outbox", "alembic_version"} <= tables
+    assert {"runs", "event_outbox", "tariffs", "locks", "alembic_version"} <= tables
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
     with engine.connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == head
+    # Down to empty and up again: every migration is reversible.
+    migrate_to = "base"
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, migrate_to)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    migrate(engine)
+    assert "tariffs" in set(inspect(engine).get_table_names())
 
 
 def test_state_change_and_its_events_commit_together(database_url: str) -> None:

@@ -1,0 +1,1 @@
+"""Tariffs: the admin-managed prices, stored in SQL."""
