@@ -39,6 +39,9 @@ class KafkaSettings(BaseModel):
 
 class ClickHouseSettings(BaseModel):
     url: str | None = None  # chdb:///abs/path (embedded) or http(s)://host:8123
+    database: str = Field(default="faas", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    flush_count: int = Field(default=10_000, ge=1)  # ingestor: insert after this many samples…
+    flush_ms: int = Field(default=500, ge=1)  # …or this long, whichever first
 
     @field_validator("url")
     @classmethod

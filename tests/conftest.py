@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.clickhouse import DirectClickHouse
 from infra import devstack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +99,21 @@ def serve_port() -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded ClickHouse engine allows one data path per process: one per session,
+    and a database per test (``clickhouse`` fixture) keeps tests apart."""
+    return f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
+
+
+@pytest.fixture
+def clickhouse(chdb_url: str) -> Iterator[DirectClickHouse]:
+    import uuid
+
+    client = DirectClickHouse(chdb_url, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,151 @@
+"""Ingestor: ``faas.metrics`` → ClickHouse ``usage_samples``, the aiokafka way.
+
+Consumer group, no auto-commit; records accumulate until ``flush_count`` samples or
+``flush_ms`` of waiting, whichever first; then the batch is inserted, unusable records go
+to the dead-letter topic, and only then are the offsets committed. A crash before the
+commit redelivers the batch, which the ReplacingMergeTree key makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from analytics.clickhouse import ClickHouse
+from analytics.samples import BadSample, parse_sample, samples_table
+from app.events import EventPublisher, UsageSample
+from app.settings import ClickHouseSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+GROUP = "faas-ingestor"
+
+
+@dataclass
+class IngestCounters:
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    flushes: int = 0
+    insert_failures: int = 0
+
+
+@dataclass
+class _Batch:
+    samples: list[UsageSample] = field(default_factory=list)
+    dead: list[tuple[str, bytes]] = field(default_factory=list)
+    opened_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.samples) + len(self.dead)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        clickhouse: ClickHouse,
+        dead_letters: EventPublisher,
+        limits: ClickHouseSettings,
+        *,
+        group_id: str = GROUP,
+    ) -> None:
+        if kafka is None or clickhouse is None or dead_letters is None or limits is None:
+            raise ValueError("kafka, clickhouse, dead_letters and limits are required")
+        self._kafka = kafka
+        self._clickhouse = clickhouse
+        self._dead_letters = dead_letters
+        self._flush_count = limits.flush_count
+        self._flush_s = limits.flush_ms / 1000
+        self._group_id = group_id
+        self.counters = IngestCounters()
+        self._stopping = asyncio.Event()
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self._kafka.metrics_topic}.dlq"
+
+    def _add(self, batch: _Batch, record: ConsumerRecord[bytes, bytes]) -> None:
+        if not batch:
+            batch.opened_at = time.monotonic()
+        self.counters.consumed += 1
+        try:
+            batch.samples.append(parse_sample(record.value))
+        except BadSample as exc:
+            key = (record.key or b"").decode(errors="replace")
+            log.warning(
+                "dead-lettering %s@%s/%s: %s", record.topic, record.partition, record.offset, exc
+            )
+            batch.dead.append((key, record.value or b""))
+
+    async def _flush(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
+        delay = 0.5
+        while True:  # Kafka keeps the records: retry until ClickHouse takes them
+            try:
+                if batch.samples:
+                    await self._clickhouse.insert_arrow(
+                        "usage_samples", samples_table(batch.samples)
+                    )
+                if batch.dead:
+                    await self._dead_letters.publish(self.dead_letter_topic, batch.dead)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.counters.insert_failures += 1
+                log.warning("ingestor flush failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        await consumer.commit()
+        self.counters.inserted += len(batch.samples)
+        self.counters.dead_lettered += len(batch.dead)
+        self.counters.flushes += 1
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self._kafka.metrics_topic,
+            bootstrap_servers=self._kafka.bootstrap,
+            group_id=self._group_id,
+            client_id=f"{self._kafka.client_id}-ingestor",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            batch = _Batch()
+            while not self._stopping.is_set():
+                wait_s = self._flush_s
+                if batch:
+                    wait_s = max(0.0, batch.opened_at + self._flush_s - time.monotonic())
+                fetched = await consumer.getmany(
+                    timeout_ms=int(wait_s * 1000), max_records=self._flush_count
+                )
+                for records in fetched.values():
+                    for record in records:
+                        self._add(batch, record)
+                due = batch and time.monotonic() - batch.opened_at >= self._flush_s
+                if len(batch) >= self._flush_count or due:
+                    await self._flush(consumer, batch)
+                    batch = _Batch()
+            if batch:
+                await self._flush(consumer, batch)
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        """``run`` again after a broker outage instead of dying (no crash loop)."""
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ingestor stopped; restarting in 2s")
+                await asyncio.sleep(2)
