@@ -28,6 +28,32 @@ STEPS: list[tuple[int, str]] = [
         ORDER BY (run_id, node, seq)
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE IF NOT EXISTS invoices (
+            invoice_id String,
+            run_id String,
+            tenant String,
+            image_name String,
+            tariff String,
+            tariff_id UInt32,
+            version UInt32,
+            started_at DateTime64(6, 'UTC'),
+            finished_at DateTime64(6, 'UTC'),
+            currency LowCardinality(String),
+            total Decimal(38, 18),
+            cpu_seconds Decimal(38, 9),
+            gib_seconds Decimal(38, 9),
+            wall_seconds Decimal(38, 9),
+            executions UInt32,
+            lines String,
+            memory_series String,
+            created_at DateTime64(6, 'UTC')
+        ) ENGINE = ReplacingMergeTree
+        ORDER BY (tenant, run_id, version)
+        """,
+    ),
 ]
 
 

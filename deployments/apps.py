@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from ray.serve import Application
 
 from app.settings import Settings
-from deployments import control_plane, pricing
+from deployments import analytics, control_plane, pricing
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ def platform_apps(settings: Settings) -> list[ServeApp]:
     return [
         ServeApp("faas", "/", control_plane.build(settings)),
         ServeApp("pricing", "/v1/tariffs", pricing.build(settings)),
+        ServeApp("analytics", "/billing", analytics.build(settings)),
     ]
 
 
@@ -39,3 +40,7 @@ def control_plane_app(args: PlatformArgs) -> Application:
 
 def pricing_app(args: PlatformArgs) -> Application:
     return pricing.build(Settings(**args.settings))
+
+
+def analytics_app(args: PlatformArgs) -> Application:
+    return analytics.build(Settings(**args.settings))

@@ -1,0 +1,101 @@
+"""What a run used, from its stored samples: CPU-seconds, GiB-seconds, wall seconds.
+
+Counters are cumulative, so the last sample carries almost everything. What it cannot
+carry is the time between the last reading and the moment the container stopped (the
+cgroup is gone by then) and, for memory, the time between the container's start and the
+agent's first reading. Both are closed here with the runtime's own timestamps: memory
+keeps its first level back to ``started_at`` and its last level up to ``finished_at``,
+CPU keeps its last observed rate up to ``finished_at``. All arithmetic is exact
+(integers and fractions); the result is converted to ``Decimal`` once, at nanosecond /
+nano-GiB-second resolution, so recomputing from the same samples gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import decimal
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+import polars as pl
+
+GIB = 2**30
+RESOLUTION = Decimal("0.000000001")  # 1 ns of CPU, 1 nano-GiB-second of memory
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    run_id: str
+    cpu_seconds: Decimal
+    gib_seconds: Decimal
+    wall_seconds: Decimal
+    samples: int
+
+
+def _us(t: datetime) -> int:
+    return int(t.timestamp()) * 1_000_000 + t.microsecond
+
+
+def _decimal(value: Fraction) -> Decimal:
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        exact = Decimal(value.numerator) / Decimal(value.denominator)
+        return exact.quantize(RESOLUTION, rounding=decimal.ROUND_HALF_EVEN)
+
+
+def run_endpoints(samples: pl.DataFrame) -> pl.DataFrame:
+    """Per run: the first reading, the last two readings, and the sample count.
+
+    ``samples`` has the ``usage_samples`` columns. When two agents reported one run (a
+    node change), the node with the most readings is taken.
+    """
+    ordered = samples.sort("run_id", "node", "seq")
+    per_node = ordered.group_by("run_id", "node", maintain_order=True).agg(
+        pl.len().alias("samples"),
+        pl.col("sample_time").first().alias("first_time"),
+        pl.col("memory_bytes").first().alias("first_memory"),
+        pl.col("sample_time").last().alias("last_time"),
+        pl.col("memory_bytes").last().alias("last_memory"),
+        pl.col("memory_byte_ms").last().alias("memory_byte_ms"),
+        pl.col("cpu_ns").last().alias("cpu_ns"),
+        pl.col("sample_time").slice(-2, 1).first().alias("prev_time"),
+        pl.col("cpu_ns").slice(-2, 1).first().alias("prev_cpu_ns"),
+    )
+    return per_node.sort("run_id", "samples", descending=[False, True]).unique(
+        "run_id", keep="first", maintain_order=True
+    )
+
+
+def usage_from_endpoints(
+    row: dict[str, object], started_at: datetime, finished_at: datetime
+) -> RunUsage:
+    first_us = _us(row["first_time"])  # type: ignore[arg-type]
+    last_us = _us(row["last_time"])  # type: ignore[arg-type]
+    start_us, finish_us = _us(started_at), _us(finished_at)
+    head_us = max(0, first_us - start_us)
+    tail_us = max(0, finish_us - last_us)
+    memory_byte_us = (
+        int(row["memory_byte_ms"]) * 1000  # type: ignore[call-overload]
+        + int(row["first_memory"]) * head_us  # type: ignore[call-overload]
+        + int(row["last_memory"]) * tail_us  # type: ignore[call-overload]
+    )
+    cpu_ns = Fraction(int(row["cpu_ns"]))  # type: ignore[call-overload]
+    if tail_us and row["prev_time"] is not None:
+        span_us = last_us - _us(row["prev_time"])  # type: ignore[arg-type]
+        gained = int(row["cpu_ns"]) - int(row["prev_cpu_ns"])  # type: ignore[call-overload]
+        if span_us > 0 and gained > 0:
+            cpu_ns += Fraction(gained, span_us) * tail_us
+    return RunUsage(
+        run_id=str(row["run_id"]),
+        cpu_seconds=_decimal(cpu_ns / 1_000_000_000),
+        gib_seconds=_decimal(Fraction(memory_byte_us, GIB * 1_000_000)),
+        wall_seconds=_decimal(Fraction(max(0, finish_us - start_us), 1_000_000)),
+        samples=int(row["samples"]),  # type: ignore[call-overload]
+    )
+
+
+def no_samples_usage(run_id: str, started_at: datetime, finished_at: datetime) -> RunUsage:
+    """A run that ended before the agent saw it: billed for wall time and the execution."""
+    wall = Fraction(max(0, _us(finished_at) - _us(started_at)), 1_000_000)
+    return RunUsage(run_id, Decimal(0), Decimal(0), _decimal(wall), 0)

@@ -1,0 +1,112 @@
+"""``/billing``: a tenant's invoices (mounted under that route prefix)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Protocol
+
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
+from pydantic import BaseModel, EmailStr
+
+from app.api.common import PrefixRootAsSlash, readiness_gate
+from app.invoices import Invoice, Money
+
+
+class InvoiceReader(Protocol):
+    async def for_tenant(
+        self,
+        tenant: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Invoice], int]: ...
+
+    async def current(self, run_id: str) -> Invoice | None: ...
+
+
+class CurrencyTotal(BaseModel):
+    currency: str
+    total: Money
+    invoices: int
+
+
+class TenantBilling(BaseModel):
+    tenant: str
+    count: int  # invoices matching the filter, all pages
+    limit: int
+    offset: int
+    totals: list[CurrencyTotal]  # over the invoices of this page
+    invoices: list[Invoice]
+
+
+def _totals(invoices: list[Invoice]) -> list[CurrencyTotal]:
+    sums: dict[str, Decimal] = defaultdict(Decimal)
+    counts: dict[str, int] = defaultdict(int)
+    for invoice in invoices:
+        sums[invoice.currency] += invoice.total
+        counts[invoice.currency] += 1
+    return [CurrencyTotal(currency=c, total=sums[c], invoices=counts[c]) for c in sorted(sums)]
+
+
+Email = Annotated[EmailStr, Path(description="the tenant's email")]
+
+
+def billing_router(invoices: InvoiceReader) -> APIRouter:
+    router = APIRouter(tags=["billing"])
+
+    @router.get("/{email}", response_model=TenantBilling)
+    async def tenant_billing(
+        email: Email,
+        since: Annotated[
+            datetime | None, Query(alias="from", description="finished at or after")
+        ] = None,
+        until: Annotated[datetime | None, Query(alias="to", description="finished before")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> TenantBilling:
+        """The tenant's current invoices, newest first, with totals per currency."""
+        page, count = await invoices.for_tenant(
+            str(email), since=since, until=until, limit=limit, offset=offset
+        )
+        return TenantBilling(
+            tenant=str(email),
+            count=count,
+            limit=limit,
+            offset=offset,
+            totals=_totals(page),
+            invoices=page,
+        )
+
+    @router.get(
+        "/{email}/invoices/{run_id}",
+        response_model=Invoice,
+        responses={404: {"description": "no invoice for this run and tenant"}},
+    )
+    async def tenant_invoice(
+        email: Email, run_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    ) -> Invoice:
+        invoice = await invoices.current(run_id)
+        if invoice is None or invoice.tenant != str(email):
+            raise HTTPException(404, f"no invoice for run {run_id}")
+        return invoice
+
+    return router
+
+
+def create_billing_api(invoices: InvoiceReader, ready: Awaitable[None] | None = None) -> FastAPI:
+    api = FastAPI(title="FaaS on Ray — billing", version="0.1.0")
+    api.include_router(billing_router(invoices))
+    api.add_middleware(PrefixRootAsSlash)
+
+    @api.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if ready is not None:
+        readiness_gate(api, ready, "billing")
+    return api

@@ -1,0 +1,131 @@
+"""The analytics application: billing API (ingress, ``/billing``), ingestor, invoicer,
+notifier, and in embedded mode the ClickHouse owner they all share (bound handles)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from analytics.clickhouse import ClickHouse
+from analytics.ingestor import Ingestor
+from analytics.invoice_store import InvoiceStore
+from analytics.invoicer import Invoicer
+from analytics.invoicing import RunSamples
+from app.api.billing import create_billing_api
+from app.kafka import KafkaEventPublisher, ensure_topics
+from app.settings import Settings
+from app.store.db import make_engine, migrate
+from app.store.runs import RunRepository
+from app.tariffs.repository import TariffRepository
+from app.tariffs.schemas import TariffView
+from deployments.clickhouse import ClickHouseOwner, connect, is_embedded
+
+_WORKER = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+
+
+class _Worker:
+    """Runs one long-lived loop; Serve's health check restarts the replica if it dies."""
+
+    _task: asyncio.Task[None]
+
+    def _start(self, setup: Callable[[], Awaitable[Any]]) -> None:
+        async def main() -> None:
+            loop = await setup()
+            await loop.run_forever()
+
+        self._task = asyncio.get_running_loop().create_task(main())
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"worker loop ended: {self._task.exception()!r}")
+
+
+@serve.deployment(name="Ingestor", **_WORKER)
+class IngestorDeployment(_Worker):
+    def __init__(self, settings: Settings, owner: DeploymentHandle | None) -> None:
+        async def setup() -> Ingestor:
+            clickhouse = await connect(settings, owner)
+            await ensure_topics(settings.kafka, f"{settings.kafka.metrics_topic}.dlq")
+            self.ingestor = Ingestor(
+                settings.kafka, clickhouse, KafkaEventPublisher(settings.kafka), settings.clickhouse
+            )
+            return self.ingestor
+
+        self._start(setup)
+
+    async def counters(self) -> dict[str, int]:
+        return dataclasses.asdict(self.ingestor.counters)
+
+
+@serve.deployment(name="Invoicer", **_WORKER)
+class InvoicerDeployment(_Worker):
+    def __init__(self, settings: Settings, owner: DeploymentHandle | None) -> None:
+        engine = make_engine(settings.sql_url)
+        runs, tariffs = RunRepository(engine), TariffRepository(engine)
+
+        def tariff_of_run(run_id: str) -> TariffView:
+            run = runs.get(run_id)
+            return (
+                tariffs.resolve(None)
+                if run is None or run.tariff_id is None
+                else tariffs.get(str(run.tariff_id))
+            )
+
+        async def setup() -> Invoicer:
+            await asyncio.to_thread(migrate, engine)
+            clickhouse = await connect(settings, owner)
+            await ensure_topics(settings.kafka, f"{settings.kafka.deployments_topic}.dlq")
+            self.invoicer = Invoicer(
+                settings.kafka, RunSamples(clickhouse), InvoiceStore(clickhouse), tariff_of_run,
+                KafkaEventPublisher(settings.kafka),
+            )  # fmt: skip
+            return self.invoicer
+
+        self._start(setup)
+
+    async def counters(self) -> dict[str, int]:
+        return dataclasses.asdict(self.invoicer.counters)
+
+
+@serve.deployment(name="Billing", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class BillingDeployment:
+    def __init__(
+        self, settings: Settings, owner: DeploymentHandle | None, workers: list[DeploymentHandle]
+    ) -> None:
+        # The workers are bound here so they belong to this application; billing never calls them.
+        self._workers = workers
+
+        async def store() -> ClickHouse:
+            return await connect(settings, owner)
+
+        self._clickhouse = asyncio.get_running_loop().create_task(store())
+        self._store = _LazyInvoiceStore(self._clickhouse)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_billing_api(self._store, ready=self._clickhouse)
+
+
+class _LazyInvoiceStore:
+    """An ``InvoiceStore`` once the ClickHouse connection is ready (awaited per call)."""
+
+    def __init__(self, clickhouse: asyncio.Task[ClickHouse]) -> None:
+        self._clickhouse = clickhouse
+
+    async def for_tenant(self, tenant: str, **kwargs: Any) -> Any:
+        return await InvoiceStore(await self._clickhouse).for_tenant(tenant, **kwargs)
+
+    async def current(self, run_id: str) -> Any:
+        return await InvoiceStore(await self._clickhouse).current(run_id)
+
+
+def build(settings: Settings) -> Application:
+    owner = ClickHouseOwner.bind(settings) if is_embedded(settings) else None
+    workers = [IngestorDeployment.bind(settings, owner), InvoicerDeployment.bind(settings, owner)]
+    return BillingDeployment.bind(settings, owner, workers)
