@@ -13,11 +13,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from analytics.clickhouse import ClickHouse
-from analytics.samples import BadSample, parse_sample, samples_table
-from app.events import EventPublisher, UsageSample
+from analytics.samples import samples_batch
+from app.events import EventPublisher
 from app.settings import ClickHouseSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,11 @@ class IngestCounters:
 
 @dataclass
 class _Batch:
-    samples: list[UsageSample] = field(default_factory=list)
-    dead: list[tuple[str, bytes]] = field(default_factory=list)
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     opened_at: float = 0.0
 
     def __len__(self) -> int:
-        return len(self.samples) + len(self.dead)
+        return len(self.records)
 
 
 class Ingestor:
@@ -72,25 +71,22 @@ class Ingestor:
         if not batch:
             batch.opened_at = time.monotonic()
         self.counters.consumed += 1
-        try:
-            batch.samples.append(parse_sample(record.value))
-        except BadSample as exc:
-            key = (record.key or b"").decode(errors="replace")
-            log.warning(
-                "dead-lettering %s@%s/%s: %s", record.topic, record.partition, record.offset, exc
-            )
-            batch.dead.append((key, record.value or b""))
+        batch.records.append(record)
 
     async def _flush(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
+        rows, bad = samples_batch([record.value for record in batch.records])
+        dead = []
+        for index in bad:
+            record = batch.records[index]
+            log.warning("dead-lettering %s@%s/%s", record.topic, record.partition, record.offset)
+            dead.append(((record.key or b"").decode(errors="replace"), record.value or b""))
         delay = 0.5
         while True:  # Kafka keeps the records: retry until ClickHouse takes them
             try:
-                if batch.samples:
-                    await self._clickhouse.insert_arrow(
-                        "usage_samples", samples_table(batch.samples)
-                    )
-                if batch.dead:
-                    await self._dead_letters.publish(self.dead_letter_topic, batch.dead)
+                if rows.num_rows:
+                    await self._clickhouse.insert_arrow("usage_samples", rows)
+                if dead:
+                    await self._dead_letters.publish(self.dead_letter_topic, dead)
                 break
             except asyncio.CancelledError:
                 raise
@@ -99,9 +95,14 @@ class Ingestor:
                 log.warning("ingestor flush failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        await consumer.commit()
-        self.counters.inserted += len(batch.samples)
-        self.counters.dead_lettered += len(batch.dead)
+        # Explicit offsets: records consumed after this batch are not flushed yet.
+        offsets: dict[TopicPartition, int] = {}
+        for record in batch.records:
+            partition = TopicPartition(record.topic, record.partition)
+            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+        await consumer.commit(offsets)
+        self.counters.inserted += rows.num_rows
+        self.counters.dead_lettered += len(dead)
         self.counters.flushes += 1
 
     async def run(self) -> None:
@@ -115,6 +116,8 @@ class Ingestor:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
+        # One flush may run while the next batch is consumed; flushes stay in order.
+        inflight: asyncio.Task[None] | None = None
         try:
             batch = _Batch()
             while not self._stopping.is_set():
@@ -129,11 +132,18 @@ class Ingestor:
                         self._add(batch, record)
                 due = batch and time.monotonic() - batch.opened_at >= self._flush_s
                 if len(batch) >= self._flush_count or due:
-                    await self._flush(consumer, batch)
+                    if inflight is not None:
+                        await inflight
+                    inflight = asyncio.create_task(self._flush(consumer, batch))
                     batch = _Batch()
+            if inflight is not None:
+                await inflight
             if batch:
                 await self._flush(consumer, batch)
         finally:
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
+                await asyncio.gather(inflight, return_exceptions=True)
             await consumer.stop()
 
     def stop(self) -> None:
