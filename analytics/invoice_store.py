@@ -88,16 +88,10 @@ class InvoiceStore:
         found = await self._select("run_id = {run:String}", {"run": run_id})
         return found[0] if found else None
 
-    async def for_tenant(
-        self,
-        tenant: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[list[Invoice], int]:
-        """The tenant's current invoices, newest first, and how many there are in all."""
+    @staticmethod
+    def _tenant_filter(
+        tenant: str, since: datetime | None, until: datetime | None
+    ) -> tuple[str, dict[str, Any]]:
         where = "tenant = {tenant:String}"
         parameters: dict[str, Any] = {"tenant": tenant}
         if since is not None:
@@ -106,9 +100,33 @@ class InvoiceStore:
         if until is not None:
             where += " AND finished_at < {until:DateTime64(6, 'UTC')}"
             parameters["until"] = until
-        invoices = await self._select(where, parameters)
-        invoices.sort(key=lambda i: (i.finished_at, i.run_id), reverse=True)
-        return invoices[offset : offset + limit], len(invoices)
+        return where, parameters
+
+    async def for_tenant(
+        self,
+        tenant: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Invoice], int, list[tuple[str, Decimal, int]]]:
+        """One page of the tenant's current invoices (newest first), how many match in all,
+        and the totals per currency over all of them."""
+        where, parameters = self._tenant_filter(tenant, since, until)
+        current = _CURRENT.format(where=where)
+        page = await self._clickhouse.query_arrow(
+            f"SELECT * FROM ({current}) ORDER BY finished_at DESC, run_id DESC"  # noqa: S608
+            " LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+            {**parameters, "limit": limit, "offset": offset},
+        )
+        sums = await self._clickhouse.query_arrow(
+            f"SELECT currency, sum(total) AS total, count() AS n FROM ({current})"  # noqa: S608
+            " GROUP BY currency ORDER BY currency",
+            parameters,
+        )
+        totals = [(r["currency"], Decimal(str(r["total"])), int(r["n"])) for r in sums.to_pylist()]
+        return [_invoice(r) for r in page.to_pylist()], sum(n for _, _, n in totals), totals
 
     async def month_usage(
         self, tenant: str, tariff_id: int, month_start: datetime, before: datetime, exclude_run: str

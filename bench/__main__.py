@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import run_latency
+from bench import ingest, run_latency
 from bench.stack import platform_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -21,11 +21,15 @@ def main() -> int:
     }
     with platform_stack() as stack:
         latency = run_latency.measure(stack)
+        ingested = ingest.measure(stack.kafka_bootstrap, count=1_000_000)
     ours, api, cli = latency["ours"], latency["api"], latency["cli"]
     report["run_latency"] = latency
+    report["ingest"] = ingested
     report["ratios"] = {
         "ours_vs_api_p50": ours["p50_ms"] / api["p50_ms"],
         "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],
+        "ingestor_vs_bare_consume": ingested["ingestor_samples_per_s"]
+        / ingested["bare_consume_samples_per_s"],
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{report['when']}.json"

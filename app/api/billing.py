@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +23,7 @@ class InvoiceReader(Protocol):
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> tuple[list[Invoice], int]: ...
+    ) -> tuple[list[Invoice], int, list[tuple[str, Decimal, int]]]: ...
 
     async def current(self, run_id: str) -> Invoice | None: ...
 
@@ -40,17 +39,8 @@ class TenantBilling(BaseModel):
     count: int  # invoices matching the filter, all pages
     limit: int
     offset: int
-    totals: list[CurrencyTotal]  # over the invoices of this page
+    totals: list[CurrencyTotal]  # over every invoice matching the filter
     invoices: list[Invoice]
-
-
-def _totals(invoices: list[Invoice]) -> list[CurrencyTotal]:
-    sums: dict[str, Decimal] = defaultdict(Decimal)
-    counts: dict[str, int] = defaultdict(int)
-    for invoice in invoices:
-        sums[invoice.currency] += invoice.total
-        counts[invoice.currency] += 1
-    return [CurrencyTotal(currency=c, total=sums[c], invoices=counts[c]) for c in sorted(sums)]
 
 
 Email = Annotated[EmailStr, Path(description="the tenant's email")]
@@ -70,7 +60,7 @@ def billing_router(invoices: InvoiceReader) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> TenantBilling:
         """The tenant's current invoices, newest first, with totals per currency."""
-        page, count = await invoices.for_tenant(
+        page, count, totals = await invoices.for_tenant(
             str(email), since=since, until=until, limit=limit, offset=offset
         )
         return TenantBilling(
@@ -78,7 +68,7 @@ def billing_router(invoices: InvoiceReader) -> APIRouter:
             count=count,
             limit=limit,
             offset=offset,
-            totals=_totals(page),
+            totals=[CurrencyTotal(currency=c, total=t, invoices=n) for c, t, n in totals],
             invoices=page,
         )
 
