@@ -18,7 +18,6 @@ SAMPLE_COLUMNS = pa.schema(
         ("node", pa.string()),
         ("seq", pa.uint64()),
         ("sample_time", pa.timestamp("us", tz="UTC")),
-        ("first_seen", pa.timestamp("us", tz="UTC")),
         ("cpu_ns", pa.uint64()),
         ("memory_bytes", pa.uint64()),
         ("memory_byte_ms", pa.uint64()),
@@ -51,7 +50,6 @@ def samples_table(samples: Sequence[UsageSample]) -> pa.Table:
             "node": [s.node for s in samples],
             "seq": [s.seq for s in samples],
             "sample_time": [s.event_time for s in samples],
-            "first_seen": [s.first_seen for s in samples],
             "cpu_ns": [s.cpu_ns for s in samples],
             "memory_bytes": [s.memory_bytes for s in samples],
             "memory_byte_ms": [s.memory_byte_ms for s in samples],
@@ -68,7 +66,6 @@ _JSON_SCHEMA = {
     "node": pl.String,
     "seq": pl.UInt64,
     "event_time": pl.String,
-    "first_seen": pl.String,
     "cpu_ns": pl.UInt64,
     "memory_bytes": pl.UInt64,
     "memory_byte_ms": pl.UInt64,
@@ -98,12 +95,10 @@ def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
             raise ValueError("missing fields")
         if not (frame["type"] == "usage.sample").all():
             raise ValueError("not a usage sample")
-        frame = frame.with_columns(
-            _timestamps("event_time"), _timestamps("first_seen"), pl.col("final").fill_null(False)
-        )
+        frame = frame.with_columns(_timestamps("event_time"), pl.col("final").fill_null(False))
         rows = frame.select(
             "run_id", "tenant", "node", "seq", pl.col("event_time").alias("sample_time"),
-            "first_seen", "cpu_ns", "memory_bytes", "memory_byte_ms", "final",
+            "cpu_ns", "memory_bytes", "memory_byte_ms", "final",
         )  # fmt: skip
         return rows.to_arrow().cast(SAMPLE_COLUMNS), []
     except Exception:  # any doubt about the batch: validate each record on its own

@@ -18,7 +18,6 @@ STEPS: list[tuple[int, str]] = [
             node LowCardinality(String),
             seq UInt64,
             sample_time DateTime64(6, 'UTC'),
-            first_seen DateTime64(6, 'UTC'),
             cpu_ns UInt64,
             memory_bytes UInt64,
             memory_byte_ms UInt64,

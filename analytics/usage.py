@@ -1,11 +1,10 @@
 """What a run used, from its stored samples: CPU-seconds, GiB-seconds, wall seconds.
 
-Counters are cumulative, so the last sample carries almost everything. What it cannot
-carry is the time between the last reading and the moment the container stopped (the
-cgroup is gone by then) and, for memory, the time between the container's start and the
-agent's first reading. Both are closed here with the runtime's own timestamps: memory
-keeps its first level back to ``started_at`` and its last level up to ``finished_at``,
-CPU keeps its last observed rate up to ``finished_at``. All arithmetic is exact
+Counters are cumulative from the container's start (the agent integrates memory from the
+runtime's StartedAt, carrying its first reading back), so the last sample carries almost
+everything. What it cannot carry is the time between the last reading and the moment the
+container stopped (the cgroup is gone by then). That gap is closed here with the
+runtime's own finish time: memory keeps its last level, CPU its last observed rate. All arithmetic is exact
 (integers and fractions); the result is converted to ``Decimal`` once, at nanosecond /
 nano-GiB-second resolution, so recomputing from the same samples gives the same numbers.
 """
@@ -45,7 +44,7 @@ def _decimal(value: Fraction) -> Decimal:
 
 
 def run_endpoints(samples: pl.DataFrame) -> pl.DataFrame:
-    """Per run: the first reading, the last two readings, and the sample count.
+    """Per run: the last two readings and the sample count.
 
     ``samples`` has the ``usage_samples`` columns. When two agents reported one run (a
     node change), the node with the most readings is taken.
@@ -53,8 +52,6 @@ def run_endpoints(samples: pl.DataFrame) -> pl.DataFrame:
     ordered = samples.sort("run_id", "node", "seq")
     per_node = ordered.group_by("run_id", "node", maintain_order=True).agg(
         pl.len().alias("samples"),
-        pl.col("sample_time").first().alias("first_time"),
-        pl.col("memory_bytes").first().alias("first_memory"),
         pl.col("sample_time").last().alias("last_time"),
         pl.col("memory_bytes").last().alias("last_memory"),
         pl.col("memory_byte_ms").last().alias("memory_byte_ms"),
@@ -70,14 +67,11 @@ def run_endpoints(samples: pl.DataFrame) -> pl.DataFrame:
 def usage_from_endpoints(
     row: dict[str, object], started_at: datetime, finished_at: datetime
 ) -> RunUsage:
-    first_us = _us(row["first_time"])  # type: ignore[arg-type]
     last_us = _us(row["last_time"])  # type: ignore[arg-type]
     start_us, finish_us = _us(started_at), _us(finished_at)
-    head_us = max(0, first_us - start_us)
     tail_us = max(0, finish_us - last_us)
     memory_byte_us = (
         int(row["memory_byte_ms"]) * 1000  # type: ignore[call-overload]
-        + int(row["first_memory"]) * head_us  # type: ignore[call-overload]
         + int(row["last_memory"]) * tail_us  # type: ignore[call-overload]
     )
     cpu_ns = Fraction(int(row["cpu_ns"]))  # type: ignore[call-overload]

@@ -68,7 +68,8 @@ class EventPublisher(Protocol):
 
 class UsageSample(BaseModel):
     """One meter reading on ``faas.metrics`` (key = run id). Counters are cumulative since
-    the agent first saw the container, so the latest sample alone carries all usage."""
+    the container started (the agent carries its first reading back to the runtime's
+    start time), so the latest sample alone carries all usage up to its time."""
 
     type: Literal["usage.sample"] = "usage.sample"
     version: int = EVENT_VERSION
@@ -80,8 +81,7 @@ class UsageSample(BaseModel):
     seq: int = Field(ge=0)
     cpu_ns: int = Field(ge=0)  # CPU time used by the container so far
     memory_bytes: int = Field(ge=0)  # memory in use at event_time
-    memory_byte_ms: int = Field(ge=0)  # ∫ memory dt so far (trapezoid), byte·milliseconds
-    first_seen: datetime  # when the agent's integral starts (its first reading)
+    memory_byte_ms: int = Field(ge=0)  # ∫ memory dt since the start (trapezoid), byte·ms
     final: bool = False  # the container exited: no reading will follow
 
 

@@ -34,7 +34,6 @@ def make_samples(count: int, runs: int = 1000) -> list[UsageSample]:
             cpu_ns=i,
             memory_bytes=1 << 26,
             memory_byte_ms=i << 10,
-            first_seen=base,
         )
         for i in range(count)
     ]

@@ -27,7 +27,7 @@ def sample(run: int, seq: int) -> UsageSample:
         event_id=f"{run_id}:{seq}", event_time=BASE + timedelta(milliseconds=250 * seq),
         run_id=run_id, tenant=f"t{run % 3}@example.com", node="node-a", seq=seq,
         cpu_ns=1_000_000 * seq, memory_bytes=64 << 20, memory_byte_ms=(64 << 20) * 250 * seq,
-        first_seen=BASE, final=False,
+        final=False,
     )  # fmt: skip
 
 

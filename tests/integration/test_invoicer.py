@@ -55,7 +55,6 @@ def cpu_samples(run: Stopped, cores: Decimal) -> list[UsageSample]:
             cpu_ns=int(cores * 250_000_000 * (i + 1)),
             memory_bytes=0,
             memory_byte_ms=0,
-            first_seen=run.started_at + timedelta(milliseconds=250),
             final=i == total - 1,
         )
         for i in range(total)

@@ -1,0 +1,216 @@
+"""Meter agent → UDP → meter server → Kafka, on real containers: accuracy, loss, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import docker
+import httpx
+import polars as pl
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from analytics.samples import samples_batch
+from analytics.usage import RunUsage, run_endpoints, usage_from_endpoints
+from app.kafka import KafkaEventPublisher, ensure_topics
+from app.runtime.podman import parse_docker_time
+from app.settings import Settings
+from infra import devstack
+from meter.agent import MeterAgent, udp_sender
+from meter.cgroups import CgroupReader
+from meter.discovery import DockerDiscovery
+from meter.protocol import MessageKind, MeterMessage, encode
+from meter.server import MeterServer
+
+SECRET = "meter-test-secret"
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    server: MeterServer
+    podman_url: str
+
+
+@pytest.fixture
+async def pipeline(kafka_bootstrap: str, podman_url: str) -> AsyncIterator[Pipeline]:
+    settings = Settings(
+        kafka={"bootstrap": kafka_bootstrap, "metrics_topic": f"metrics-{uuid.uuid4().hex[:8]}",
+               "node_events_topic": f"nodes-{uuid.uuid4().hex[:8]}"},
+        meter={"secret": SECRET, "port": devstack.free_port(), "metrics_port": devstack.free_port(),
+               "flush_ms": 50},
+        runtime={"docker_url": podman_url},
+    )  # type: ignore[arg-type]  # fmt: skip
+    await ensure_topics(settings.kafka)
+    publisher = KafkaEventPublisher(settings.kafka)
+    server = MeterServer(settings.meter, settings.kafka, publisher)
+    await server.start()
+    try:
+        yield Pipeline(settings, server, podman_url)
+    finally:
+        await server.stop()
+        await publisher.close()
+
+
+def agent(pipeline: Pipeline, node: str, drop_ratio: float = 0.0) -> MeterAgent:
+    settings = pipeline.settings.model_copy(
+        update={"meter": pipeline.settings.meter.model_copy(update={"node": node})}
+    )
+    return MeterAgent(
+        settings, DockerDiscovery(pipeline.podman_url), CgroupReader(),
+        udp_sender("127.0.0.1", settings.meter.port), drop_ratio=drop_ratio, seed=42,
+    )  # fmt: skip
+
+
+async def run_container(
+    pipeline: Pipeline, image: str, env: dict[str, str], **limits: object
+) -> tuple[str, datetime, datetime]:
+    """Runs a labelled function container to its end; returns run id, StartedAt, FinishedAt."""
+    client = docker.DockerClient(base_url=pipeline.podman_url, version="1.41")
+    run_id = str(uuid.uuid4())
+    container = client.containers.create(
+        image, environment=env, labels={"faas.run_id": run_id, "faas.tenant": "m@example.com"},
+        detach=True, **limits,
+    )  # fmt: skip
+    try:
+        container.start()
+        while True:
+            container.reload()
+            if container.attrs["State"]["Status"] in ("exited", "stopped"):
+                break
+            await asyncio.sleep(0.1)
+        state = container.attrs["State"]
+        started, finished = (
+            parse_docker_time(state["StartedAt"]),
+            parse_docker_time(state["FinishedAt"]),
+        )
+        assert started and finished
+        return run_id, started, finished
+    finally:
+        await asyncio.sleep(1.0)  # the agents notice the exit and send their final samples
+        container.remove(force=True)
+
+
+async def samples_of(pipeline: Pipeline, run_id: str) -> pl.DataFrame:
+    await pipeline.server.flush()
+    consumer = AIOKafkaConsumer(
+        pipeline.settings.kafka.metrics_topic, bootstrap_servers=pipeline.settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+    )  # fmt: skip
+    await consumer.start()
+    values: list[bytes | None] = []
+    try:
+        idle = 0
+        while idle < 4:
+            batch = await consumer.getmany(timeout_ms=250)
+            idle = 0 if batch else idle + 1
+            values.extend(
+                r.value for records in batch.values() for r in records if r.key == run_id.encode()
+            )
+    finally:
+        await consumer.stop()
+    table, bad = samples_batch(values)
+    assert bad == []
+    return pl.from_arrow(table)  # type: ignore[return-value]
+
+
+def usage(samples: pl.DataFrame, node: str, started: datetime, finished: datetime) -> RunUsage:
+    mine = samples.filter(pl.col("node") == node)
+    assert mine.height > 5 and mine["final"].any(), mine
+    return usage_from_endpoints(run_endpoints(mine).row(0, named=True), started, finished)
+
+
+async def test_memory_and_cpu_are_metered_within_5_percent(pipeline: Pipeline) -> None:
+    meter = agent(pipeline, "node-a")
+    task = asyncio.create_task(meter.run_forever())
+    try:
+        mem_run = await run_container(
+            pipeline, "localhost/faas-mem", {"MEM_MB": "64", "DURATION_S": "5"}, mem_limit="128m"
+        )
+        cpu_run = await run_container(
+            pipeline, "localhost/faas-cpu", {"DURATION_S": "4"}, nano_cpus=500_000_000
+        )
+    finally:
+        task.cancel()
+    memory = usage(await samples_of(pipeline, mem_run[0]), "node-a", *mem_run[1:])
+    cpu = usage(await samples_of(pipeline, cpu_run[0]), "node-a", *cpu_run[1:])
+    print(
+        f"faas-mem 64 MiB x 5 s: {memory.gib_seconds} GiB-s; faas-cpu 0.5 x 4 s: {cpu.cpu_seconds} CPU-s"
+    )
+    assert float(memory.gib_seconds) == pytest.approx(0.3125, rel=0.05)
+    assert float(cpu.cpu_seconds) == pytest.approx(2.0, rel=0.05)
+
+
+async def test_losing_30_percent_of_datagrams_changes_totals_by_under_1_percent(
+    pipeline: Pipeline,
+) -> None:
+    lossless, lossy = agent(pipeline, "clean"), agent(pipeline, "lossy", drop_ratio=0.3)
+    tasks = [asyncio.create_task(a.run_forever()) for a in (lossless, lossy)]
+    try:
+        run_id, started, finished = await run_container(
+            pipeline, "localhost/faas-mem", {"MEM_MB": "48", "DURATION_S": "4"}, mem_limit="128m"
+        )
+        await asyncio.sleep(1.0)  # the lossy agent repeats its final datagram on later ticks
+    finally:
+        for task in tasks:
+            task.cancel()
+    assert lossy.dropped_on_purpose > 0
+    samples = await samples_of(pipeline, run_id)
+    clean = usage(samples, "clean", started, finished)
+    dropped = usage(samples, "lossy", started, finished)
+    print(f"lossless {clean}, 30% lost {dropped}")
+    assert float(dropped.gib_seconds) == pytest.approx(float(clean.gib_seconds), rel=0.01)
+    assert float(dropped.cpu_seconds) == pytest.approx(
+        float(clean.cpu_seconds), rel=0.01, abs=0.005
+    )
+
+
+def message(seq: int, run_id: str = "hostile-run") -> MeterMessage:
+    return MeterMessage(
+        kind=MessageKind.SAMPLE, node="n", run_id=run_id, tenant="t@example.com", seq=seq,
+        time_unix_ns=1_800_000_000_000_000_000 + seq, cpu_ns=seq, memory_bytes=1, memory_byte_ms=seq,
+    )  # fmt: skip
+
+
+async def test_hostile_datagrams_are_dropped_and_counted(pipeline: Pipeline) -> None:
+    send = udp_sender("127.0.0.1", pipeline.settings.meter.port)
+    secret = SECRET.encode()
+    valid = [encode(message(seq), secret) for seq in range(1, 51)]
+    hostile = {
+        "bad_signature": [encode(message(100 + i), b"not-the-secret") for i in range(10)],
+        "replayed": valid[:10],
+        "truncated": [v[: len(v) // 2] for v in valid[:10]],
+        "oversized": [b"FM" + os.urandom(1500)] * 5,
+    }
+    garbage = [os.urandom(60 + i) for i in range(20)]
+    for data in valid:
+        send(data)
+    await asyncio.sleep(0.2)
+    for batch in [*hostile.values(), garbage]:
+        for data in batch:
+            send(data)
+    for seq in range(51, 61):  # valid traffic after the attack still lands
+        send(encode(message(seq), secret))
+    await asyncio.sleep(0.5)
+    counters = pipeline.server.counters
+    for reason, sent in hostile.items():
+        assert counters.dropped[reason] == len(sent), (reason, counters.as_dict())
+    assert counters.accepted == 60
+    assert (
+        counters.received
+        == counters.accepted + sum(counters.dropped.values()) + counters.dropped_buffer_full
+    )
+    assert counters.received == 60 + sum(len(b) for b in hostile.values()) + len(garbage)
+    samples = await samples_of(pipeline, "hostile-run")
+    assert sorted(samples["seq"].to_list()) == list(range(1, 61))
+    port = pipeline.settings.meter.metrics_port
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        as_json = (await client.get(f"http://127.0.0.1:{port}/metrics.json")).json()
+    assert 'faas_meter_datagrams_total{outcome="accepted"} 60' in text
+    assert as_json["dropped"]["replayed"] == 10
