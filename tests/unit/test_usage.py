@@ -14,18 +14,19 @@ def frame(rows: list[dict[str, object]]) -> pl.DataFrame:
 
 
 def flat_memory_samples(node: str = "n1", count: int = 20) -> list[dict[str, object]]:
-    # 64 MiB held, readings every 250 ms from 0.25 s to 4.75 s, CPU at 0.5 cores.
+    # 64 MiB held from the start (the agent integrates from StartedAt), readings every
+    # 250 ms from 0.25 s to 4.75 s, CPU at 0.5 cores; the last 0.25 s is closed here.
     rows = []
     for i in range(count):
         t = T0 + timedelta(milliseconds=250 * (i + 1))
         rows.append(
             {"run_id": "r", "node": node, "seq": i, "sample_time": t, "memory_bytes": MIB64,
-             "memory_byte_ms": MIB64 * 250 * i, "cpu_ns": 125_000_000 * (i + 1)}
+             "memory_byte_ms": MIB64 * 250 * (i + 1), "cpu_ns": 125_000_000 * (i + 1)}
         )  # fmt: skip
     return rows
 
 
-def test_integral_is_closed_at_both_ends_with_runtime_times() -> None:
+def test_integral_is_closed_at_the_runtime_finish_time() -> None:
     row = run_endpoints(frame(flat_memory_samples())).row(0, named=True)
     usage = usage_from_endpoints(row, T0, T0 + timedelta(seconds=5))
     # 64 MiB for exactly 5 s = 0.3125 GiB·s; CPU 0.5 cores for 5 s = 2.5 s.
