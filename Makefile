@@ -53,18 +53,21 @@ run: setup ## Start the whole platform in the background (state, logs, pids unde
 	@$(PY) infra/devstack.py start podman --state $(STATE) --socket $(STATE)/podman.sock
 	@$(PY) infra/devstack.py start ray --state $(STATE) --port $(RAY_DASHBOARD_PORT)
 	@$(PY) -m deployments.launch
+	@$(PY) infra/devstack.py start meter-server --state $(STATE)
+	@$(PY) infra/devstack.py start meter-agent --state $(STATE)
 	@echo
 	@echo "  API            http://127.0.0.1:8080   (Swagger UI: http://127.0.0.1:8080/docs)"
 	@echo "  Ray dashboard  http://127.0.0.1:$(RAY_DASHBOARD_PORT)   (token auth: paste the token from"
 	@echo "                 \`$(VENV)/bin/ray get-auth-token\`, stored in ~/.ray/auth_token)"
+	@echo "  Meter          udp://127.0.0.1:9999, counters at http://127.0.0.1:9464/metrics"
 	@echo "  Mail           $(STATE)/mail/*.eml"
 	@echo "  Logs           $(STATE)/*.log        Stop with: make stop"
 
 stop: ## Stop exactly what `make run` started (by pid)
-	@for s in ray functions podman smtp kafka; do $(PY) infra/devstack.py stop $$s --state $(STATE); done
+	@for s in meter-agent meter-server ray functions podman smtp kafka; do $(PY) infra/devstack.py stop $$s --state $(STATE); done
 
 status: ## Show which services of `make run` are up
-	@for s in kafka smtp podman ray; do $(PY) infra/devstack.py status $$s --state $(STATE) || true; done
+	@for s in kafka smtp podman ray meter-server meter-agent; do $(PY) infra/devstack.py status $$s --state $(STATE) || true; done
 
 test: setup ## Run the whole test suite on real components (fails on zero tests)
 	$(VENV)/bin/pytest -q -W ignore::DeprecationWarning

@@ -244,6 +244,19 @@ def start_smtp_sink(state: Path, port: int, mail_dir: Path) -> int:
     return pid
 
 
+# -- meter server and agent ---------------------------------------------------------------------
+
+
+def start_meter(role: str, state: Path, env: dict[str, str] | None = None) -> int:
+    """``python -m meter server|agent`` with the platform's FAAS_* settings from ``env``."""
+    name = f"meter-{role}"
+    pid = spawn(name, [sys.executable, "-m", "meter", role], state, env)
+    time.sleep(0.5)
+    if not _alive(pid):
+        raise RuntimeError(f"{name} exited at start; see {state / (name + '.log')}")
+    return pid
+
+
 # -- Ray head (dashboard on, token auth on) -----------------------------------------------------
 
 
@@ -272,7 +285,10 @@ def stop_functions(owner: str, grace_s: int = 2) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("service", choices=["kafka", "podman", "smtp", "ray", "functions"])
+    parser.add_argument(
+        "service",
+        choices=["kafka", "podman", "smtp", "ray", "meter-server", "meter-agent", "functions"],
+    )
     parser.add_argument("--state", type=Path, default=ROOT / ".faas")
     parser.add_argument("--port", type=int)
     parser.add_argument("--socket", type=Path)
@@ -295,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if name == "kafka":
         start_kafka(state, args.port or 9092)
+    elif name.startswith("meter-"):
+        start_meter(name.removeprefix("meter-"), state)
     elif name == "ray":
         start_ray_head(state, args.port or 8265)
     elif name == "podman":

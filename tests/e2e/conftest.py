@@ -46,13 +46,34 @@ def platform(
     )
     # A topic per deployment keeps the event assertions of the two backends apart.
     topic = f"faas.deployments.{request.param}"
+    kafka = {
+        "bootstrap": kafka_bootstrap,
+        "deployments_topic": topic,
+        "metrics_topic": f"faas.metrics.{request.param}",
+        "invoices_topic": f"faas.invoices.{request.param}",
+        "node_events_topic": f"faas.node-events.{request.param}",
+    }
+    meter_port, meter_metrics_port = devstack.free_port(), devstack.free_port()
     settings = Settings(
         home=home,
         admin_token=ADMIN_TOKEN,
         database_url=database_url,
-        kafka={"bootstrap": kafka_bootstrap, "deployments_topic": topic},
+        kafka=kafka,
+        meter={"port": meter_port, "metrics_port": meter_metrics_port, "secret": "e2e-meter"},
         runtime={"docker_url": podman_url, "stop_grace_s": 1, "reconcile_interval_s": 0.3},
     )
+    # The meter server and agent run as in `make run`: separate processes, same settings.
+    meter_env = {
+        "FAAS_HOME": str(home),
+        **{f"FAAS_KAFKA_{k.upper()}": v for k, v in kafka.items()},
+        "FAAS_RUNTIME_DOCKER_URL": podman_url,
+        "FAAS_METER_PORT": str(meter_port),
+        "FAAS_METER_METRICS_PORT": str(meter_metrics_port),
+        "FAAS_METER_SECRET": "e2e-meter",
+        "FAAS_METER_NODE": f"e2e-{request.param}",
+    }
+    for role in ("server", "agent"):
+        devstack.start_meter(role, home / "meter", meter_env)
     apps = platform_apps(settings)
     for app in apps:
         serve.run(app.app, name=app.name, route_prefix=app.route_prefix)
@@ -63,3 +84,5 @@ def platform(
         client.close()
         for app in apps:
             serve.delete(app.name)
+        for role in ("agent", "server"):
+            devstack.stop(f"meter-{role}", home / "meter")
