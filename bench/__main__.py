@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest, run_latency
+from bench import ingest, meter_server, run_latency
 from bench.stack import platform_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -22,9 +22,11 @@ def main() -> int:
     with platform_stack() as stack:
         latency = run_latency.measure(stack)
         ingested = ingest.measure(stack.kafka_bootstrap, count=1_000_000)
+        metered = meter_server.measure(stack.kafka_bootstrap)
     ours, api, cli = latency["ours"], latency["api"], latency["cli"]
     report["run_latency"] = latency
     report["ingest"] = ingested
+    report["meter_server"] = metered
     report["ratios"] = {
         "ours_vs_api_p50": ours["p50_ms"] / api["p50_ms"],
         "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from app.events import NodeEvent, UsageSample
+from app.events import EVENT_VERSION, NodeEvent
 from meter.protocol import DropReason, MessageKind, MeterMessage
 
 
@@ -45,19 +46,32 @@ def _time(ns: int) -> datetime:
 def to_record(
     message: MeterMessage, metrics_topic: str, events_topic: str
 ) -> tuple[str, str, bytes]:
-    """(topic, key, value) for an accepted datagram."""
-    when = _time(message.time_unix_ns)
+    """(topic, key, value) for an accepted datagram. Samples are formatted directly (this is
+    the server's hot path); ``UsageSample`` is their schema and a test keeps them equal."""
+    when = _time(message.time_unix_ns).isoformat().replace("+00:00", "Z")
+    event_id = f"{message.run_id}:{message.node}:{message.seq}"
     if message.kind == MessageKind.SAMPLE:
-        sample = UsageSample(
-            event_id=f"{message.run_id}:{message.node}:{message.seq}", event_time=when,
-            run_id=message.run_id, tenant=message.tenant, node=message.node, seq=message.seq,
-            cpu_ns=message.cpu_ns, memory_bytes=message.memory_bytes,
-            memory_byte_ms=message.memory_byte_ms, final=message.final,
-        )  # fmt: skip
-        return metrics_topic, message.run_id, sample.model_dump_json().encode()
+        value = json.dumps(
+            {
+                "type": "usage.sample",
+                "version": EVENT_VERSION,
+                "event_id": event_id,
+                "event_time": when,
+                "run_id": message.run_id,
+                "tenant": message.tenant,
+                "node": message.node,
+                "seq": message.seq,
+                "cpu_ns": message.cpu_ns,
+                "memory_bytes": message.memory_bytes,
+                "memory_byte_ms": message.memory_byte_ms,
+                "final": message.final,
+            },
+            separators=(",", ":"),
+        )
+        return metrics_topic, message.run_id, value.encode()
     kind = "container.started" if message.kind == MessageKind.STARTED else "container.exited"
     event = NodeEvent(
-        type=kind, event_id=f"{message.run_id}:{message.node}:{message.seq}", event_time=when,
+        type=kind, event_id=event_id, event_time=_time(message.time_unix_ns),
         run_id=message.run_id, tenant=message.tenant, node=message.node, exit_code=message.exit_code,
     )  # fmt: skip
     return events_topic, message.run_id, event.model_dump_json().encode()

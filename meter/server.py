@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections import OrderedDict, deque
 from itertools import groupby
 
@@ -22,6 +23,7 @@ from meter.records import MeterCounters, to_record
 
 log = logging.getLogger(__name__)
 MAX_BUFFER = 200_000  # records held while Kafka is unreachable
+RECEIVE_BUFFER = 8 * 1024 * 1024
 MAX_TRACKED_RUNS = 100_000  # replay windows kept; the least recently heard-from go first
 
 
@@ -138,6 +140,9 @@ class MeterServer(asyncio.DatagramProtocol):
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(self._meter.host, self._meter.port)
         )
+        sock = self._transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # bursts queue in the kernel, not on the floor
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self._http = await asyncio.start_server(
             self._serve_metrics, self._meter.host, self._meter.metrics_port
         )
