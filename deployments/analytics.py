@@ -19,6 +19,8 @@ from analytics.invoicer import Invoicer
 from analytics.invoicing import RunSamples
 from app.api.billing import create_billing_api
 from app.kafka import KafkaEventPublisher, ensure_topics
+from app.mail.ledger import MailLedger
+from app.mail.notifier import Notifier, SmtpMailer
 from app.settings import Settings
 from app.store.db import make_engine, migrate
 from app.store.runs import RunRepository
@@ -93,6 +95,26 @@ class InvoicerDeployment(_Worker):
         return dataclasses.asdict(self.invoicer.counters)
 
 
+@serve.deployment(name="Notifier", **_WORKER)
+class NotifierDeployment(_Worker):
+    def __init__(self, settings: Settings) -> None:
+        engine = make_engine(settings.sql_url)
+
+        async def setup() -> Notifier:
+            await asyncio.to_thread(migrate, engine)
+            await ensure_topics(settings.kafka, f"{settings.kafka.invoices_topic}.dlq")
+            self.notifier = Notifier(
+                settings.kafka, settings.smtp, MailLedger(engine), SmtpMailer(settings.smtp),
+                KafkaEventPublisher(settings.kafka),
+            )  # fmt: skip
+            return self.notifier
+
+        self._start(setup)
+
+    async def counters(self) -> dict[str, int]:
+        return dataclasses.asdict(self.notifier.counters)
+
+
 @serve.deployment(name="Billing", num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class BillingDeployment:
@@ -127,5 +149,9 @@ class _LazyInvoiceStore:
 
 def build(settings: Settings) -> Application:
     owner = ClickHouseOwner.bind(settings) if is_embedded(settings) else None
-    workers = [IngestorDeployment.bind(settings, owner), InvoicerDeployment.bind(settings, owner)]
+    workers = [
+        IngestorDeployment.bind(settings, owner),
+        InvoicerDeployment.bind(settings, owner),
+        NotifierDeployment.bind(settings),
+    ]
     return BillingDeployment.bind(settings, owner, workers)

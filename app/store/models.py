@@ -142,3 +142,17 @@ class LockRow(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SentMailRow(Base):
+    """The notifier's ledger: one row per invoice version it decided to email."""
+
+    __tablename__ = "sent_mail"
+
+    invoice_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # sending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
