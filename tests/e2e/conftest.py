@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.mail.sink import start_sink
 from infra import devstack
 
 ADMIN_TOKEN = "e2e-admin-token"
@@ -20,6 +21,7 @@ class Platform:
     kafka_bootstrap: str
     deployments_topic: str
     database: str
+    mail_dir: Path
 
     @property
     def admin(self) -> dict[str, str]:
@@ -54,12 +56,15 @@ def platform(
         "node_events_topic": f"faas.node-events.{request.param}",
     }
     meter_port, meter_metrics_port = devstack.free_port(), devstack.free_port()
+    smtp_port, mail_dir = devstack.free_port(), home / "mail"
+    sink = start_sink("127.0.0.1", smtp_port, mail_dir)  # a real SMTP server (aiosmtpd)
     settings = Settings(
         home=home,
         admin_token=ADMIN_TOKEN,
         database_url=database_url,
         kafka=kafka,
         meter={"port": meter_port, "metrics_port": meter_metrics_port, "secret": "e2e-meter"},
+        smtp={"port": smtp_port, "mail_dir": mail_dir},
         runtime={"docker_url": podman_url, "stop_grace_s": 1, "reconcile_interval_s": 0.3},
     )
     # The meter server and agent run as in `make run`: separate processes, same settings.
@@ -79,10 +84,11 @@ def platform(
         serve.run(app.app, name=app.name, route_prefix=app.route_prefix)
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30)
     try:
-        yield Platform(client, kafka_bootstrap, topic, request.param)
+        yield Platform(client, kafka_bootstrap, topic, request.param, mail_dir)
     finally:
         client.close()
         for app in apps:
             serve.delete(app.name)
         for role in ("agent", "server"):
             devstack.stop(f"meter-{role}", home / "meter")
+        sink.stop()

@@ -3,6 +3,8 @@ ingestor → ClickHouse → invoicer → invoice over HTTP, checked against the 
 
 from __future__ import annotations
 
+import asyncio
+import email
 import time
 import uuid
 from datetime import datetime
@@ -35,6 +37,11 @@ async def stored_samples(run_id: str) -> list[dict[str, Any]]:
     return list(table.to_pylist())
 
 
+def mails_to(platform: Platform, address: str) -> list[email.message.Message]:
+    parsed = (email.message_from_bytes(p.read_bytes()) for p in platform.mail_dir.glob("*.eml"))
+    return [m for m in parsed if m["To"] == address]
+
+
 def independent_usage(
     samples: list[dict[str, Any]], run: dict[str, Any]
 ) -> tuple[Decimal, Decimal, Decimal]:
@@ -58,7 +65,7 @@ async def test_metered_runs_are_invoiced_from_their_samples(platform: Platform) 
     tariff_name = f"metered-{uuid.uuid4().hex[:6]}"
     created = http.post("/v1/tariffs", json={"name": tariff_name, **PRICES}, headers=platform.admin)
     assert created.status_code == 201, created.text
-    email = f"metered-{platform.database}-{uuid.uuid4().hex[:6]}@example.com"
+    email_address = f"metered-{platform.database}-{uuid.uuid4().hex[:6]}@example.com"
     bodies = [
         {
             "image_name": "localhost/faas-mem",
@@ -70,7 +77,7 @@ async def test_metered_runs_are_invoiced_from_their_samples(platform: Platform) 
     runs = []
     for body in bodies:  # one after the other: on 2 cores a concurrent run would steal CPU
         response = http.post(
-            "/v1/functions/run", json={**body, "email": email, "tariff": tariff_name}
+            "/v1/functions/run", json={**body, "email": email_address, "tariff": tariff_name}
         )
         assert response.status_code == 202, response.text
         runs.append(
@@ -78,7 +85,7 @@ async def test_metered_runs_are_invoiced_from_their_samples(platform: Platform) 
         )
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
     stopped_at = time.monotonic()
-    billing = wait_for_invoices(platform, email, 2, timeout_s=30)
+    billing = wait_for_invoices(platform, email_address, 2, timeout_s=30)
     print(f"stop -> both invoices listed: {time.monotonic() - stopped_at:.1f}s")
     invoices = {i["run_id"]: i for i in billing["invoices"]}
     prices = TariffPrices(**{k: Decimal(v) if k != "currency" else v for k, v in PRICES.items()},
@@ -107,3 +114,17 @@ async def test_metered_runs_are_invoiced_from_their_samples(platform: Platform) 
     )
     assert float(mem_gib_s) == pytest.approx(0.3125, rel=0.05)
     assert float(cpu_s) == pytest.approx(2.0, rel=0.05)
+    # Exactly one email per invoice, each with its total.
+    received: list[email.message.Message] = []
+    for _ in range(60):
+        received = mails_to(platform, email_address)
+        if len(received) >= 2:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a duplicate would show up now
+    received = mails_to(platform, email_address)
+    assert len(received) == 2
+    subjects = sorted(str(m["Subject"]) for m in received)
+    expected = sorted(f"{Decimal(i['total']).normalize():f} EUR" for i in invoices.values())
+    for subject, total in zip(subjects, expected, strict=True):
+        assert total in subject, (subject, total)
