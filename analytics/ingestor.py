@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from analytics.clickhouse import ClickHouse
 from analytics.samples import samples_batch
 from app.events import EventPublisher
+from app.loops import RestartingLoop
 from app.settings import ClickHouseSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ class _Batch:
         return len(self.records)
 
 
-class Ingestor:
+class Ingestor(RestartingLoop):
+    name = "ingestor"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -52,6 +55,7 @@ class Ingestor:
         *,
         group_id: str = GROUP,
     ) -> None:
+        super().__init__()
         if kafka is None or clickhouse is None or dead_letters is None or limits is None:
             raise ValueError("kafka, clickhouse, dead_letters and limits are required")
         self._kafka = kafka
@@ -61,7 +65,6 @@ class Ingestor:
         self._flush_s = limits.flush_ms / 1000
         self._group_id = group_id
         self.counters = IngestCounters()
-        self._stopping = asyncio.Event()
 
     @property
     def dead_letter_topic(self) -> str:
@@ -145,17 +148,3 @@ class Ingestor:
                 inflight.cancel()
                 await asyncio.gather(inflight, return_exceptions=True)
             await consumer.stop()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run_forever(self) -> None:
-        """``run`` again after a broker outage instead of dying (no crash loop)."""
-        while not self._stopping.is_set():
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("ingestor stopped; restarting in 2s")
-                await asyncio.sleep(2)

@@ -23,6 +23,7 @@ from analytics.invoice_store import InvoiceStore
 from analytics.invoicing import RunSamples, build_invoice
 from app.events import EventPublisher, Stopped, lifecycle_event
 from app.invoices import Invoice, InvoiceEvent
+from app.loops import RestartingLoop
 from app.settings import KafkaSettings
 from app.tariffs.schemas import TariffView
 
@@ -37,7 +38,9 @@ class InvoicerCounters:
     dead_lettered: int = 0
 
 
-class Invoicer:
+class Invoicer(RestartingLoop):
+    name = "invoicer"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -48,6 +51,7 @@ class Invoicer:
         *,
         group_id: str = GROUP,
     ) -> None:
+        super().__init__()
         if None in (kafka, samples, store, tariff_of_run, publisher):
             raise ValueError("kafka, samples, store, tariff_of_run and publisher are required")
         self._kafka = kafka
@@ -57,7 +61,6 @@ class Invoicer:
         self._publisher = publisher
         self._group_id = group_id
         self.counters = InvoicerCounters()
-        self._stopping = asyncio.Event()
 
     async def invoice(self, stopped: Stopped) -> tuple[Invoice, bool]:
         """The run's invoice, and whether it was created now (False: it already existed)."""
@@ -139,16 +142,3 @@ class Invoicer:
                 await consumer.commit()
         finally:
             await consumer.stop()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("invoicer stopped; restarting in 2s")
-                await asyncio.sleep(2)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from app.events import EventPublisher
 from app.invoices import InvoiceEvent
+from app.loops import RestartingLoop
 from app.mail.ledger import MailLedger
 from app.mail.render import render_invoice_email
 from app.settings import KafkaSettings, SmtpSettings
@@ -54,7 +55,9 @@ class NotifierCounters:
     dead_lettered: int = 0
 
 
-class Notifier:
+class Notifier(RestartingLoop):
+    name = "notifier"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -67,6 +70,7 @@ class Notifier:
         backoff_s: float = 0.5,
         group_id: str = GROUP,
     ) -> None:
+        super().__init__()
         if None in (kafka, smtp, ledger, mailer, dead_letters):
             raise ValueError("kafka, smtp, ledger, mailer and dead_letters are required")
         self._kafka = kafka
@@ -78,7 +82,6 @@ class Notifier:
         self._backoff_s = backoff_s
         self._group_id = group_id
         self.counters = NotifierCounters()
-        self._stopping = asyncio.Event()
 
     @property
     def dead_letter_topic(self) -> str:
@@ -160,16 +163,3 @@ class Notifier:
                 await consumer.commit()
         finally:
             await consumer.stop()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("notifier stopped; restarting in 2s")
-                await asyncio.sleep(2)
