@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field
 
+from app.decimals import DecimalString
 from app.events import EVENT_VERSION
 
-Money = Annotated[
-    Decimal,
-    PlainSerializer(lambda d: format(d.normalize(), "f"), return_type=str, when_used="json"),
-]
+Money = DecimalString
 
 
 class InvoiceLineView(BaseModel):

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import html
-from decimal import Decimal
 from email.message import EmailMessage
 from email.utils import make_msgid
 
+from app.decimals import plain_decimal
 from app.invoices import InvoiceEvent, MemoryPoint
 
 _UNITS = {"cpu_second": "CPU-s", "gib_second": "GiB-s", "execution": "exec", "second": "s"}
-
-
-def _plain(value: Decimal) -> str:
-    return format(value.normalize(), "f")
 
 
 def memory_chart_svg(points: list[MemoryPoint], width: int = 480, height: int = 120) -> str:
@@ -41,7 +37,7 @@ def render_invoice_email(event: InvoiceEvent, sender: str) -> EmailMessage:
     invoice = event.invoice
     revised = event.type == "invoice.revised"
     short = invoice.run_id[:8]
-    total = f"{_plain(invoice.total)} {invoice.currency}"
+    total = f"{plain_decimal(invoice.total)} {invoice.currency}"
     duration = (invoice.finished_at - invoice.started_at).total_seconds()
     message = EmailMessage()
     message["From"] = sender
@@ -60,20 +56,22 @@ def render_invoice_email(event: InvoiceEvent, sender: str) -> EmailMessage:
     ]
     for line in invoice.lines:
         lines.append(
-            f"{line.kind:<10} {_plain(line.billable_quantity)} {_UNITS[line.unit]} x "
-            f"{_plain(line.unit_price)} = {_plain(line.amount)} {invoice.currency}"
-            f"   (measured {_plain(line.quantity)})"
+            f"{line.kind:<10} {plain_decimal(line.billable_quantity)} {_UNITS[line.unit]} x "
+            f"{plain_decimal(line.unit_price)} = {plain_decimal(line.amount)} {invoice.currency}"
+            f"   (measured {plain_decimal(line.quantity)})"
         )
     lines += ["", f"Total: {total}"]
     if revised and event.previous_total is not None:
-        lines.append(f"Previously invoiced: {_plain(event.previous_total)} {invoice.currency}")
+        lines.append(
+            f"Previously invoiced: {plain_decimal(event.previous_total)} {invoice.currency}"
+        )
     lines.append("The HTML part of this email shows memory over time as an inline SVG chart.")
     message.set_content("\n".join(lines))
 
     esc = html.escape
     rows = "".join(
-        f"<tr><td>{esc(line.kind)}</td><td>{_plain(line.billable_quantity)} {_UNITS[line.unit]}</td>"
-        f"<td>{_plain(line.unit_price)}</td><td>{_plain(line.amount)}</td></tr>"
+        f"<tr><td>{esc(line.kind)}</td><td>{plain_decimal(line.billable_quantity)} {_UNITS[line.unit]}</td>"
+        f"<td>{plain_decimal(line.unit_price)}</td><td>{plain_decimal(line.amount)}</td></tr>"
         for line in invoice.lines
     )
     message.add_alternative(

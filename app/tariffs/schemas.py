@@ -10,12 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from app.currency import is_currency
-
-
-def plain_decimal(value: Decimal) -> str:
-    """Fixed-point, no exponent, no trailing zeros: ``3E-7`` -> ``"0.0000003"``."""
-    return format(value.normalize(), "f")
-
+from app.decimals import plain_decimal
 
 Amount = Annotated[
     Decimal,
