@@ -12,7 +12,6 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from analytics.clickhouse import ClickHouse
 from analytics.ingestor import Ingestor
 from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
@@ -124,27 +123,26 @@ class BillingDeployment:
         # The workers are bound here so they belong to this application; billing never calls them.
         self._workers = workers
 
-        async def store() -> ClickHouse:
-            return await connect(settings, owner)
+        async def store() -> InvoiceStore:
+            return InvoiceStore(await connect(settings, owner))
 
-        self._clickhouse = asyncio.get_running_loop().create_task(store())
-        self._store = _LazyInvoiceStore(self._clickhouse)
+        self._store = asyncio.get_running_loop().create_task(store())
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_billing_api(self._store, ready=self._clickhouse)
+        return create_billing_api(_WhenReady(self._store), ready=self._store)
 
 
-class _LazyInvoiceStore:
-    """An ``InvoiceStore`` once the ClickHouse connection is ready (awaited per call)."""
+class _WhenReady:
+    """The billing API's ``InvoiceReader``: the store, once its connection is ready."""
 
-    def __init__(self, clickhouse: asyncio.Task[ClickHouse]) -> None:
-        self._clickhouse = clickhouse
+    def __init__(self, store: asyncio.Task[InvoiceStore]) -> None:
+        self._store = store
 
     async def for_tenant(self, tenant: str, **kwargs: Any) -> Any:
-        return await InvoiceStore(await self._clickhouse).for_tenant(tenant, **kwargs)
+        return await (await self._store).for_tenant(tenant, **kwargs)
 
     async def current(self, run_id: str) -> Any:
-        return await InvoiceStore(await self._clickhouse).current(run_id)
+        return await (await self._store).current(run_id)
 
 
 def build(settings: Settings) -> Application:

@@ -1,0 +1,1 @@
+"""The ``faas`` command line: a thin client of the platform's HTTP API."""

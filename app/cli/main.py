@@ -1,0 +1,243 @@
+"""``faas``: run functions, follow them, read bills, manage tariffs (``faas --help``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.cli.client import Api, ApiError
+
+app = typer.Typer(help="FaaS on Ray: run containers, bill what they used.", no_args_is_help=True)
+tariffs = typer.Typer(
+    help="Manage tariffs (admin token from FAAS_ADMIN_TOKEN).", no_args_is_help=True
+)
+app.add_typer(tariffs, name="tariffs")
+out = Console()
+err = Console(stderr=True)
+FINAL = {"succeeded", "failed", "timed_out", "stopped"}
+Url = Annotated[str, typer.Option(envvar="FAAS_URL", help="platform API")]
+AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _fail(exc: ApiError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2 if exc.status in (401, 403) else 1)
+
+
+def _show(data: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        out.print_json(json.dumps(data))
+    else:
+        out.print(table)
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--env")
+        env[name] = value
+    return env
+
+
+def _run_table(run: dict[str, Any]) -> Table:
+    table = Table(show_header=False)
+    for key in ("id", "status", "image_name", "email", "exit_code", "reason", "message",
+                "started_at", "finished_at", "tariff"):  # fmt: skip
+        table.add_row(key, "" if run.get(key) is None else str(run[key]))
+    return table
+
+
+@app.command()
+def run(
+    image: str,
+    email: Annotated[str, typer.Option(help="tenant: the bill goes here")],
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE, repeatable")
+    ] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPU cores")] = None,
+    memory: Annotated[int | None, typer.Option(help="memory limit, MiB")] = None,
+    timeout: Annotated[int | None, typer.Option(help="wall-clock limit, s")] = None,
+    tariff: Annotated[str | None, typer.Option(help="tariff name or id")] = None,
+    follow: Annotated[bool, typer.Option(help="wait for the end, printing logs")] = False,
+    url: Url = "http://127.0.0.1:8080",
+    as_json: AsJson = False,
+) -> None:
+    """Run IMAGE for a tenant."""
+    body: dict[str, Any] = {"image_name": image, "email": email, "env": _env(env or [])}
+    for key, value in (
+        ("cpu", cpu),
+        ("memory_mb", memory),
+        ("timeout_s", timeout),
+        ("tariff", tariff),
+    ):
+        if value is not None:
+            body[key] = value
+    api = Api(url)
+    try:
+        accepted = api.call("POST", "/v1/functions/run", json=body)
+        if not follow:
+            _show(accepted, as_json, _run_table(accepted))
+            return
+        final = _follow(api, accepted["id"], as_json)
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(final, as_json, _run_table(final))
+    if final["status"] != "succeeded":
+        raise typer.Exit(3)
+
+
+def _follow(api: Api, run_id: str, quiet: bool) -> dict[str, Any]:
+    printed = 0
+    while True:
+        run = api.call("GET", f"/v1/functions/{run_id}")
+        logs = api.call("GET", f"/v1/functions/{run_id}/logs")
+        if not quiet and len(logs) > printed:
+            out.out(logs[printed:], end="")
+        printed = max(printed, len(logs))
+        if run["status"] in FINAL:
+            return dict(run)
+        time.sleep(0.5)
+
+
+@app.command()
+def status(run_id: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+    """Show a run."""
+    try:
+        run = Api(url).call("GET", f"/v1/functions/{run_id}")
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(run, as_json, _run_table(run))
+
+
+@app.command()
+def logs(
+    run_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    url: Url = "http://127.0.0.1:8080",
+) -> None:
+    """Print a run's stdout and stderr."""
+    api = Api(url)
+    try:
+        if follow:
+            _follow(api, run_id, quiet=False)
+        else:
+            out.out(api.call("GET", f"/v1/functions/{run_id}/logs"), end="")
+    except ApiError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def stop(run_id: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+    """Stop a run."""
+    try:
+        run = Api(url).call("POST", f"/v1/functions/{run_id}/stop")
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(run, as_json, _run_table(run))
+
+
+@app.command()
+def bills(email: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+    """A tenant's invoices and totals."""
+    try:
+        billing = Api(url).call("GET", f"/billing/{email}")
+    except ApiError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{billing['tenant']}: {billing['count']} invoice(s)")
+    for column in ("finished", "run", "image", "tariff", "cpu-s", "GiB-s", "total"):
+        table.add_column(
+            column, justify="right" if column in ("cpu-s", "GiB-s", "total") else "left"
+        )
+    for invoice in billing["invoices"]:
+        lines = {line["kind"]: line for line in invoice["lines"]}
+        table.add_row(
+            invoice["finished_at"][:19], invoice["run_id"][:8], invoice["image_name"], invoice["tariff"],
+            lines["cpu"]["quantity"], lines["memory"]["quantity"], f"{invoice['total']} {invoice['currency']}",
+        )  # fmt: skip
+    for total in billing["totals"]:
+        table.add_row("", "", "", "", "", "total", f"{total['total']} {total['currency']}")
+    _show(billing, as_json, table)
+
+
+def _tariff_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("id", "name", "currency", "cpu-s", "GiB-s", "execution", "second", "default"):
+        table.add_column(column)
+    for t in items:
+        table.add_row(
+            str(t["id"]), t["name"], t["currency"], t["price_cpu_second"], t["price_gib_second"],
+            t["price_execution"], t["price_second"], "yes" if t["is_default"] else "",
+        )  # fmt: skip
+    return table
+
+
+@tariffs.command("list")
+def tariffs_list(url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+    """List tariffs."""
+    try:
+        items = Api(url, admin=True).call("GET", "/v1/tariffs")
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(items, as_json, _tariff_table(items))
+
+
+def _fields(pairs: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not FIELD=VALUE", param_hint="--set")
+        fields[name] = {"true": True, "false": False}.get(value.lower(), value)
+    return fields
+
+
+Sets = Annotated[
+    list[str], typer.Option("--set", help="FIELD=VALUE, e.g. price_cpu_second=0.00002")
+]
+
+
+@tariffs.command("create")
+def tariffs_create(
+    name: str, sets: Sets, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False
+) -> None:
+    """Create tariff NAME with --set FIELD=VALUE for each field."""
+    try:
+        created = Api(url, admin=True).call(
+            "POST", "/v1/tariffs", json={"name": name, **_fields(sets)}
+        )
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(created, as_json, _tariff_table([created]))
+
+
+@tariffs.command("update")
+def tariffs_update(
+    ref: str, sets: Sets, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False
+) -> None:
+    """Change fields of tariff REF (id or name)."""
+    try:
+        updated = Api(url, admin=True).call("PATCH", f"/v1/tariffs/{ref}", json=_fields(sets))
+    except ApiError as exc:
+        raise _fail(exc) from None
+    _show(updated, as_json, _tariff_table([updated]))
+
+
+@tariffs.command("delete")
+def tariffs_delete(ref: str, url: Url = "http://127.0.0.1:8080") -> None:
+    """Delete tariff REF (soft: old invoices stay explainable)."""
+    try:
+        Api(url, admin=True).call("DELETE", f"/v1/tariffs/{ref}")
+    except ApiError as exc:
+        raise _fail(exc) from None
+    out.print(f"deleted {ref}")
+
+
+def main() -> None:
+    app()
