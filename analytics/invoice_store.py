@@ -128,6 +128,15 @@ class InvoiceStore:
         totals = [(r["currency"], Decimal(str(r["total"])), int(r["n"])) for r in sums.to_pylist()]
         return [_invoice(r) for r in page.to_pylist()], sum(n for _, _, n in totals), totals
 
+    async def tenants(self, since: datetime, until: datetime) -> list[str]:
+        """Tenants with an invoice finished in [since, until)."""
+        table = await self._clickhouse.query_arrow(
+            "SELECT DISTINCT tenant FROM invoices WHERE finished_at >= {since:DateTime64(6, 'UTC')}"
+            " AND finished_at < {until:DateTime64(6, 'UTC')} ORDER BY tenant",
+            {"since": since, "until": until},
+        )
+        return [str(t) for t in table.column("tenant").to_pylist()] if table.num_rows else []
+
     async def month_usage(
         self, tenant: str, tariff_id: int, month_start: datetime, before: datetime, exclude_run: str
     ) -> tuple[Decimal, Decimal, Decimal]:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 
 import polars as pl
 
@@ -70,12 +71,12 @@ class RunSamples:
             await asyncio.sleep(self._poll_s)
 
 
-def measured_usage(samples: pl.DataFrame, stopped: Stopped) -> RunUsage:
-    started_at = stopped.started_at or stopped.finished_at
+def measured_usage(samples: pl.DataFrame, run: RunFacts) -> RunUsage:
+    started_at = run.started_at or run.finished_at
     if samples.height == 0:
-        return no_samples_usage(stopped.run_id, started_at, stopped.finished_at)
+        return no_samples_usage(run.run_id, started_at, run.finished_at)
     row = run_endpoints(samples).row(0, named=True)
-    return usage_from_endpoints(row, started_at, stopped.finished_at)
+    return usage_from_endpoints(row, started_at, run.finished_at)
 
 
 def memory_series(samples: pl.DataFrame, started_at: datetime) -> list[MemoryPoint]:
@@ -89,38 +90,42 @@ def memory_series(samples: pl.DataFrame, started_at: datetime) -> list[MemoryPoi
     ]
 
 
-async def build_invoice(
-    stopped: Stopped,
-    samples: pl.DataFrame,
-    tariff: TariffView,
-    store: InvoiceStore,
-    *,
-    version: int = 1,
+class RunFacts(Protocol):
+    """What pricing needs to know of a run: a ``Stopped`` event or an earlier ``Invoice``."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def image_name(self) -> str: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime: ...
+
+
+def priced_invoice(
+    run: RunFacts, samples: pl.DataFrame, tariff: TariffView, used: Usage, *, version: int = 1
 ) -> Invoice:
-    usage = measured_usage(samples, stopped)
-    used = await store.month_usage(
-        stopped.tenant,
-        tariff.id,
-        month_start(stopped.finished_at),
-        stopped.finished_at,
-        stopped.run_id,
-    )
+    """The invoice of one run, given what the tenant already used of the allowance."""
+    usage = measured_usage(samples, run)
     priced = price_run(
         Usage(usage.cpu_seconds, usage.gib_seconds, Decimal(1), usage.wall_seconds),
         tariff_prices(tariff),
-        used_this_month=Usage(used[0], used[1], used[2], Decimal(0)),
+        used_this_month=used,
     )
-    started_at = stopped.started_at or stopped.finished_at
+    started_at = run.started_at or run.finished_at
     return Invoice(
-        invoice_id=stopped.run_id,
-        run_id=stopped.run_id,
-        tenant=stopped.tenant,
-        image_name=stopped.image_name,
+        invoice_id=run.run_id,
+        run_id=run.run_id,
+        tenant=run.tenant,
+        image_name=run.image_name,
         tariff=tariff.name,
         tariff_id=tariff.id,
         version=version,
         started_at=started_at,
-        finished_at=stopped.finished_at,
+        finished_at=run.finished_at,
         currency=priced.currency,
         total=priced.total,
         lines=[
@@ -137,3 +142,14 @@ async def build_invoice(
         created_at=datetime.now(UTC),
         memory_series=memory_series(samples, started_at),
     )
+
+
+async def build_invoice(
+    stopped: Stopped, samples: pl.DataFrame, tariff: TariffView, store: InvoiceStore
+) -> Invoice:
+    """A new run's invoice: the allowance used is what earlier invoices this month took."""
+    cpu, gib, executions = await store.month_usage(
+        stopped.tenant, tariff.id, month_start(stopped.finished_at), stopped.finished_at,
+        stopped.run_id,
+    )  # fmt: skip
+    return priced_invoice(stopped, samples, tariff, Usage(cpu, gib, executions, Decimal(0)))
