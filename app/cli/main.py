@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from typing import Annotated, Any
 
@@ -237,6 +239,33 @@ def tariffs_delete(ref: str, url: Url = "http://127.0.0.1:8080") -> None:
     except ApiError as exc:
         raise _fail(exc) from None
     out.print(f"deleted {ref}")
+
+
+@app.command()
+def rebill(
+    since: Annotated[str, typer.Option("--from", help="finished at or after (ISO date)")],
+    until: Annotated[str, typer.Option("--to", help="finished before (ISO date)")],
+    tenant: Annotated[list[str] | None, typer.Option(help="only this tenant (repeatable)")] = None,
+    tariff: Annotated[
+        int | None, typer.Option(help="only invoices priced with this tariff id")
+    ] = None,
+    what_if: Annotated[str | None, typer.Option(help="price with this tariff instead")] = None,
+    dry_run: Annotated[bool, typer.Option(help="change nothing; write --report")] = False,
+    report: Annotated[
+        str | None, typer.Option(help="old vs new per invoice (.csv/.parquet)")
+    ] = None,
+) -> None:
+    """Re-bill a period as a Ray job on the running cluster (new invoice versions)."""
+    argv = [sys.executable, "-m", "deployments.rebill_job", "--from", since, "--to", until]
+    for name in tenant or []:
+        argv += ["--tenant", name]
+    for flag, value in (("--tariff", tariff), ("--what-if", what_if), ("--report", report)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if dry_run:
+        argv.append("--dry-run")
+    # The job needs Ray; the CLI itself stays a plain HTTP client.
+    raise typer.Exit(subprocess.call(argv))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.mail.sink import start_sink
+from app.settings import Settings
 from infra import devstack
 
 ADMIN_TOKEN = "e2e-admin-token"
@@ -22,6 +23,7 @@ class Platform:
     deployments_topic: str
     database: str
     mail_dir: Path
+    settings: Settings
 
     @property
     def admin(self) -> dict[str, str]:
@@ -39,7 +41,6 @@ def platform(
 ) -> Iterator[Platform]:
     from ray import serve
 
-    from app.settings import Settings
     from deployments.apps import platform_apps
 
     home: Path = tmp_path_factory.mktemp(f"home-{request.param}")
@@ -84,7 +85,7 @@ def platform(
         serve.run(app.app, name=app.name, route_prefix=app.route_prefix)
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30)
     try:
-        yield Platform(client, kafka_bootstrap, topic, request.param, mail_dir)
+        yield Platform(client, kafka_bootstrap, topic, request.param, mail_dir, settings)
     finally:
         client.close()
         for app in apps:

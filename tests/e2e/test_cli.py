@@ -95,3 +95,8 @@ def test_bills_and_tariffs(platform: Platform, monkeypatch: pytest.MonkeyPatch) 
     assert code == 0 and "deleted" in output
     code, output = faas(platform, "bills", "not-an-email")
     assert code == 1 and "422" in output
+
+
+def test_rebill_refuses_an_empty_period() -> None:
+    result = runner.invoke(app, ["rebill", "--from", "2026-11-02", "--to", "2026-11-01"])
+    assert result.exit_code == 2  # the job's argument check, as its exit code
