@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest, meter_server, run_latency
+from bench import ingest, meter_server, rebill, run_latency
 from bench.stack import platform_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -27,6 +27,7 @@ def main() -> int:
     report["run_latency"] = latency
     report["ingest"] = ingested
     report["meter_server"] = metered
+    report["rebill"] = rebill.measure()
     report["ratios"] = {
         "ours_vs_api_p50": ours["p50_ms"] / api["p50_ms"],
         "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],
