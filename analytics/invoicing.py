@@ -109,7 +109,20 @@ def priced_invoice(
     run: RunFacts, samples: pl.DataFrame, tariff: TariffView, used: Usage, *, version: int = 1
 ) -> Invoice:
     """The invoice of one run, given what the tenant already used of the allowance."""
-    usage = measured_usage(samples, run)
+    started_at = run.started_at or run.finished_at
+    return invoice_for_usage(
+        run, measured_usage(samples, run), tariff, used, memory_series(samples, started_at), version
+    )
+
+
+def invoice_for_usage(
+    run: RunFacts,
+    usage: RunUsage,
+    tariff: TariffView,
+    used: Usage,
+    chart: list[MemoryPoint],
+    version: int,
+) -> Invoice:
     priced = price_run(
         Usage(usage.cpu_seconds, usage.gib_seconds, Decimal(1), usage.wall_seconds),
         tariff_prices(tariff),
@@ -140,7 +153,7 @@ def priced_invoice(
             for line in priced.lines
         ],
         created_at=datetime.now(UTC),
-        memory_series=memory_series(samples, started_at),
+        memory_series=chart,
     )
 
 

@@ -19,15 +19,11 @@ import polars as pl
 
 from analytics.clickhouse import ClickHouse
 from analytics.invoice_store import InvoiceStore
-from analytics.invoicing import month_start, priced_invoice
+from analytics.invoicing import invoice_for_usage, month_start
+from analytics.usage import ENDPOINTS_SQL, busiest_node, no_samples_usage, usage_from_endpoints
 from app.invoices import Invoice, InvoiceEvent
 from app.pricing import Usage
 from app.tariffs.schemas import TariffView
-
-_SAMPLES = (
-    "SELECT run_id, node, seq, sample_time, memory_bytes, memory_byte_ms, cpu_ns, final"
-    " FROM usage_samples FINAL WHERE has({runs:Array(String)}, run_id) ORDER BY run_id, node, seq"
-)
 
 
 @dataclass(frozen=True)
@@ -79,9 +75,10 @@ async def rebill_tenant(
     invoices.sort(key=lambda i: (i.finished_at, i.run_id))
     if not invoices:
         return []
-    table = await clickhouse.query_arrow(_SAMPLES, {"runs": [i.run_id for i in invoices]})
-    samples: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
-    by_run = {key[0]: frame for key, frame in samples.group_by("run_id")} if samples.height else {}
+    # Usage endpoints aggregated inside ClickHouse: only one row per run comes back.
+    table = await clickhouse.query_arrow(ENDPOINTS_SQL, {"runs": [i.run_id for i in invoices]})
+    endpoints: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
+    by_run = {row["run_id"]: row for row in busiest_node(endpoints).iter_rows(named=True)}
     used: dict[tuple[datetime, int], Usage] = defaultdict(lambda: Usage.zero())
     revisions, revised = [], []
     for old in invoices:
@@ -91,9 +88,15 @@ async def rebill_tenant(
             # Invoices of this month before the period keep what they took of the allowance.
             cpu, gib, n = await store.month_usage(tenant, tariff.id, month, scope.since, "")
             used[(month, tariff.id)] = Usage(cpu, gib, n, Decimal(0))
-        run_samples = by_run.get(old.run_id, samples.clear())
-        new = priced_invoice(
-            old, run_samples, tariff, used[(month, tariff.id)], version=old.version + 1
+        row = by_run.get(old.run_id)
+        usage = (
+            usage_from_endpoints(row, old.started_at, old.finished_at)
+            if row is not None
+            else no_samples_usage(old.run_id, old.started_at, old.finished_at)
+        )
+        # The memory chart does not change with a price: the revision keeps the original's.
+        new = invoice_for_usage(
+            old, usage, tariff, used[(month, tariff.id)], old.memory_series, old.version + 1
         )
         quantities = {line.kind: line.quantity for line in new.lines}
         used[(month, tariff.id)] += Usage(

@@ -64,6 +64,30 @@ def run_endpoints(samples: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# The same endpoints computed inside ClickHouse (4x faster than fetching every sample into
+# Polars at 10 M samples, see docs/BENCHMARKS.md); one row per (run, node).
+ENDPOINTS_SQL = """
+SELECT run_id, node, samples,
+       r[1].2 AS last_time, r[1].4 AS last_memory, r[1].5 AS memory_byte_ms, r[1].3 AS cpu_ns,
+       if(samples > 1, r[2].2, NULL) AS prev_time, if(samples > 1, r[2].3, NULL) AS prev_cpu_ns
+FROM (
+    SELECT run_id, node, count() AS samples,
+           arrayReverseSort(x -> x.1,
+               groupArray((seq, sample_time, cpu_ns, memory_bytes, memory_byte_ms))) AS r
+    FROM usage_samples FINAL
+    WHERE has({runs:Array(String)}, run_id)
+    GROUP BY run_id, node
+)
+"""
+
+
+def busiest_node(endpoints: pl.DataFrame) -> pl.DataFrame:
+    """One row per run: the node with the most readings (as ``run_endpoints`` picks)."""
+    return endpoints.sort(["run_id", "samples", "node"], descending=[False, True, False]).unique(
+        "run_id", keep="first", maintain_order=True
+    )
+
+
 def usage_from_endpoints(
     row: dict[str, object], started_at: datetime, finished_at: datetime
 ) -> RunUsage:

@@ -23,7 +23,7 @@ from analytics.invoice_store import InvoiceStore
 from analytics.invoicing import priced_invoice
 from analytics.rebill import RebillScope, rebill_tenant
 from analytics.schema import migrate
-from analytics.usage import run_endpoints
+from analytics.usage import ENDPOINTS_SQL, busiest_node, run_endpoints
 from app.events import Stopped
 from app.pricing import Usage
 from app.schemas import RunStatus, StopReason
@@ -35,16 +35,6 @@ TARIFF = TariffView(
     price_gib_second=Decimal("0.0000025"), price_execution=Decimal("0.0000004"),
     price_second=Decimal(0), created_at=MONTH, updated_at=MONTH,
 )  # fmt: skip
-PUSHDOWN = """
-SELECT run_id, node, samples,
-       r[1].2 AS last_time, r[1].4 AS last_memory, r[1].5 AS memory_byte_ms, r[1].3 AS cpu_ns,
-       if(samples > 1, r[2].2, NULL) AS prev_time, if(samples > 1, r[2].3, NULL) AS prev_cpu_ns
-FROM (
-    SELECT run_id, node, count() AS samples,
-           arrayReverseSort(x -> x.1, groupArray((seq, sample_time, cpu_ns, memory_bytes, memory_byte_ms))) AS r
-    FROM usage_samples FINAL GROUP BY run_id, node
-)
-"""
 
 
 def generate(runs: int, readings: int, tenants: int) -> tuple[pl.DataFrame, list[Stopped]]:
@@ -120,7 +110,9 @@ async def measure_async(
     polars_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    pushed = (await clickhouse.query_arrow(PUSHDOWN)).num_rows
+    runs_list = [stop.run_id for stop in stops]
+    endpoints = await clickhouse.query_arrow(ENDPOINTS_SQL, {"runs": runs_list})
+    pushed = busiest_node(pl.from_arrow(endpoints)).height  # type: ignore[arg-type]
     pushdown_s = time.perf_counter() - start
 
     start = time.perf_counter()
