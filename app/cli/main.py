@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -21,14 +23,20 @@ tariffs = typer.Typer(
 app.add_typer(tariffs, name="tariffs")
 out = Console()
 err = Console(stderr=True)
+DEFAULT_URL = "http://127.0.0.1:8080"
 FINAL = {"succeeded", "failed", "timed_out", "stopped"}
 Url = Annotated[str, typer.Option(envvar="FAAS_URL", help="platform API")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _fail(exc: ApiError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(2 if exc.status in (401, 403) else 1)
+@contextmanager
+def _reported() -> Iterator[None]:
+    """API errors become a message on stderr and an exit code (2 for auth, else 1)."""
+    try:
+        yield
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2 if exc.status in (401, 403) else 1) from None
 
 
 def _show(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -68,7 +76,7 @@ def run(
     timeout: Annotated[int | None, typer.Option(help="wall-clock limit, s")] = None,
     tariff: Annotated[str | None, typer.Option(help="tariff name or id")] = None,
     follow: Annotated[bool, typer.Option(help="wait for the end, printing logs")] = False,
-    url: Url = "http://127.0.0.1:8080",
+    url: Url = DEFAULT_URL,
     as_json: AsJson = False,
 ) -> None:
     """Run IMAGE for a tenant."""
@@ -82,14 +90,12 @@ def run(
         if value is not None:
             body[key] = value
     api = Api(url)
-    try:
+    with _reported():
         accepted = api.call("POST", "/v1/functions/run", json=body)
         if not follow:
             _show(accepted, as_json, _run_table(accepted))
             return
         final = _follow(api, accepted["id"], as_json)
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(final, as_json, _run_table(final))
     if final["status"] != "succeeded":
         raise typer.Exit(3)
@@ -109,12 +115,10 @@ def _follow(api: Api, run_id: str, quiet: bool) -> dict[str, Any]:
 
 
 @app.command()
-def status(run_id: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+def status(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """Show a run."""
-    try:
+    with _reported():
         run = Api(url).call("GET", f"/v1/functions/{run_id}")
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(run, as_json, _run_table(run))
 
 
@@ -122,36 +126,30 @@ def status(run_id: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = Fa
 def logs(
     run_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
-    url: Url = "http://127.0.0.1:8080",
+    url: Url = DEFAULT_URL,
 ) -> None:
     """Print a run's stdout and stderr."""
     api = Api(url)
-    try:
+    with _reported():
         if follow:
             _follow(api, run_id, quiet=False)
         else:
             out.out(api.call("GET", f"/v1/functions/{run_id}/logs"), end="")
-    except ApiError as exc:
-        raise _fail(exc) from None
 
 
 @app.command()
-def stop(run_id: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+def stop(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """Stop a run."""
-    try:
+    with _reported():
         run = Api(url).call("POST", f"/v1/functions/{run_id}/stop")
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(run, as_json, _run_table(run))
 
 
 @app.command()
-def bills(email: str, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+def bills(email: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """A tenant's invoices and totals."""
-    try:
+    with _reported():
         billing = Api(url).call("GET", f"/billing/{email}")
-    except ApiError as exc:
-        raise _fail(exc) from None
     table = Table(title=f"{billing['tenant']}: {billing['count']} invoice(s)")
     for column in ("finished", "run", "image", "tariff", "cpu-s", "GiB-s", "total"):
         table.add_column(
@@ -181,12 +179,10 @@ def _tariff_table(items: list[dict[str, Any]]) -> Table:
 
 
 @tariffs.command("list")
-def tariffs_list(url: Url = "http://127.0.0.1:8080", as_json: AsJson = False) -> None:
+def tariffs_list(url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """List tariffs."""
-    try:
+    with _reported():
         items = Api(url, admin=True).call("GET", "/v1/tariffs")
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(items, as_json, _tariff_table(items))
 
 
@@ -206,38 +202,28 @@ Sets = Annotated[
 
 
 @tariffs.command("create")
-def tariffs_create(
-    name: str, sets: Sets, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False
-) -> None:
+def tariffs_create(name: str, sets: Sets, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """Create tariff NAME with --set FIELD=VALUE for each field."""
-    try:
+    with _reported():
         created = Api(url, admin=True).call(
             "POST", "/v1/tariffs", json={"name": name, **_fields(sets)}
         )
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(created, as_json, _tariff_table([created]))
 
 
 @tariffs.command("update")
-def tariffs_update(
-    ref: str, sets: Sets, url: Url = "http://127.0.0.1:8080", as_json: AsJson = False
-) -> None:
+def tariffs_update(ref: str, sets: Sets, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """Change fields of tariff REF (id or name)."""
-    try:
+    with _reported():
         updated = Api(url, admin=True).call("PATCH", f"/v1/tariffs/{ref}", json=_fields(sets))
-    except ApiError as exc:
-        raise _fail(exc) from None
     _show(updated, as_json, _tariff_table([updated]))
 
 
 @tariffs.command("delete")
-def tariffs_delete(ref: str, url: Url = "http://127.0.0.1:8080") -> None:
+def tariffs_delete(ref: str, url: Url = DEFAULT_URL) -> None:
     """Delete tariff REF (soft: old invoices stay explainable)."""
-    try:
+    with _reported():
         Api(url, admin=True).call("DELETE", f"/v1/tariffs/{ref}")
-    except ApiError as exc:
-        raise _fail(exc) from None
     out.print(f"deleted {ref}")
 
 
