@@ -22,7 +22,8 @@ def wait_for_invoices(
         response = platform.http.get(f"/billing/{email}")
         assert response.status_code == 200, response.text
         body = response.json()
-        if body["count"] >= count:
+        # count and page come from two queries: wait until both show the invoices
+        if body["count"] >= count and len(body["invoices"]) >= min(count, body["limit"]):
             return body
         time.sleep(0.5)
     raise AssertionError(f"{email}: {body.get('count')} invoices, wanted {count}")
