@@ -1,95 +1,169 @@
-"""Meter agent: samples every function container on this node and sends cumulative
-usage to the meter server over UDP.
+"""Meter agent: samples every function container on this node and sends its cumulative
+usage to the meter server over UDP (``python -m meter.agent``).
 
-Per run it keeps the CPU counter (the cgroup's own, cumulative since start) and the
-memory integral in byte·ms by the trapezoid rule, integrated here so that a lost datagram
-loses nothing. The integral starts at the container's StartedAt: the first reading's
-level is carried back to it (the cgroup is read at most one interval after the start).
-It does not extrapolate past the last reading; the invoicer closes that gap with the
-runtime's finish time. Sequence numbers are ``agent start (ms) << 22 | counter``, so an
-agent restart never looks like a replay. If the runtime API is unreachable, known
-containers keep being read from their cgroups; if the server is down, datagrams are lost
-but the next one carries the whole state.
+Every interval it reads each tracked container's cgroup (cheap and exact) and sends one
+SAMPLE per run. Discovery (which containers carry ``faas.run_id``, their StartedAt and
+exit codes) asks the Docker Engine API in a background task, so a slow or absent runtime
+never delays a reading.
+
+Per run it keeps the cgroup's cumulative CPU counter and the memory integral in byte·ms
+by the trapezoid rule, in integers, so a lost datagram loses nothing.
+
+- **Integral start.** The first reading comes up to one interval plus the discovery
+  delay after the start; its level is carried back to the runtime's StartedAt (asked
+  once per run). If StartedAt is unknown (runtime unreachable), the integral starts at
+  the first reading (``first_seen``). This is the contract ``analytics/usage.py`` and
+  ``app.events.UsageSample`` rely on. After an agent restart mid-run, the new process
+  carries its first level back to StartedAt too: the past is approximated, CPU stays exact.
+- **No extrapolation forward.** The last sample is the last reading; the invoicer closes
+  the gap to the runtime's FinishedAt with ``memory_bytes`` and the last CPU rate.
+- **Sequence numbers** are ``(agent start in ms << 22) + counter``, one counter for all
+  runs of the process: strictly increasing per run, and a restarted agent starts above
+  anything the previous process sent (it would need 2^22 datagrams per ms to catch up),
+  so nothing is persisted and nothing is mistaken for a replay.
+- **End of a run.** When the cgroup is gone or empty (or the runtime has not listed the
+  container for three discoveries), the agent sends the last reading as a FINAL SAMPLE
+  three times ~0.4 s apart (same bytes; the server drops the copies as REPLAYED), then an
+  EXITED (also FINAL, same counters) once the runtime tells the exit code.
+- **Failures.** Runtime unreachable: known containers keep being read. Server down:
+  datagrams are lost, the next one carries the whole state. Warnings are rate-limited.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import random
+import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from app.settings import Settings
-from meter.cgroups import CgroupReader, Reading
-from meter.discovery import Container, DockerDiscovery
-from meter.protocol import MessageKind, MeterMessage, encode
+from meter.cgroups import CgroupReader, Reader, Reading
+from meter.discovery import Container, Discovery, DockerDiscovery
+from meter.protocol import EncodeError, MessageKind, MeterMessage, encode
 
 log = logging.getLogger(__name__)
-FINAL_REPEATS = 3  # the final datagram is sent on this many ticks (UDP may drop one)
+SEQ_EPOCH_SHIFT = 22
+FINAL_SENDS = 3  # the FINAL sample goes out this many times (UDP may drop one)…
+FINAL_SPACING_NS = 400_000_000  # …this far apart
+EXIT_CODE_WAIT_NS = 10_000_000_000  # how long to keep asking the runtime for an exit code
+REMEMBER_FINISHED_NS = 60_000_000_000  # a finished container still listed is not a new run
+MISSING_SNAPSHOTS = 3  # not listed this many times in a row: finished, even if its cgroup is not
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 @dataclass
 class RunMeter:
+    """One run's state. Integers only, so the integral never drifts by rounding."""
+
     container: Container
-    seq_base: int
-    started_ns: int
-    count: int = 0
+    started_ns: int | None  # runtime StartedAt; None: integrate from the first reading
+    first_seen_ns: int
     last_ns: int | None = None
     last_memory: int = 0
-    doubled_byte_ns: int = 0  # 2·∫memory dt in byte·ns: the trapezoid stays in integers
     cpu_ns: int = 0
+    doubled_byte_ns: int = 0  # 2·∫memory dt in byte·ns (the trapezoid's halves stay exact)
+    missing: int = 0  # consecutive runtime listings without this container
 
     def update(self, reading: Reading, now_ns: int) -> None:
         if self.last_ns is None:
-            self.doubled_byte_ns += 2 * reading.memory_bytes * max(0, now_ns - self.started_ns)
+            start = now_ns if self.started_ns is None else self.started_ns
+            self.doubled_byte_ns += 2 * reading.memory_bytes * max(0, now_ns - start)
         else:
-            span = max(0, now_ns - self.last_ns)
+            span = max(0, now_ns - self.last_ns)  # a clock step back adds nothing
             self.doubled_byte_ns += (self.last_memory + reading.memory_bytes) * span
-        self.last_ns, self.last_memory, self.cpu_ns = now_ns, reading.memory_bytes, reading.cpu_ns
+        self.last_ns, self.last_memory = now_ns, reading.memory_bytes
+        self.cpu_ns = max(self.cpu_ns, reading.cpu_ns)  # cumulative: never goes back
 
-    def message(
-        self, kind: MessageKind, node: str, *, final: bool = False, exit_code: int | None = None
-    ) -> MeterMessage:
-        self.count += 1
-        return MeterMessage(
-            kind=kind, node=node, run_id=self.container.run_id, tenant=self.container.tenant,
-            seq=self.seq_base + self.count, time_unix_ns=self.last_ns or self.started_ns,
-            cpu_ns=self.cpu_ns, memory_bytes=self.last_memory,
-            memory_byte_ms=self.doubled_byte_ns // 2_000_000, final=final, exit_code=exit_code,
-        )  # fmt: skip
+    @property
+    def memory_byte_ms(self) -> int:
+        return self.doubled_byte_ns // 2_000_000
+
+    @property
+    def time_ns(self) -> int:
+        """When the counters were read (the start time before any reading)."""
+        if self.last_ns is not None:
+            return self.last_ns
+        return self.first_seen_ns if self.started_ns is None else self.started_ns
+
+
+@dataclass
+class _Final:
+    data: bytes
+    sends_left: int
+    due_ns: int
 
 
 class MeterAgent:
+    """Samples containers (``reader``), found through ``discovery``, and hands signed
+    datagrams to ``sender``. ``clock`` gives Unix time in ns. ``drop_ratio`` loses that
+    share of datagrams on purpose (a test switch)."""
+
     def __init__(
         self,
         settings: Settings,
-        discovery: DockerDiscovery,
-        reader: CgroupReader,
-        send: Callable[[bytes], None],
+        discovery: Discovery,
+        reader: Reader,
+        sender: Callable[[bytes], None],
+        clock: Callable[[], int] = time.time_ns,
         *,
         drop_ratio: float = 0.0,
-        clock: Callable[[], int] = time.time_ns,
         seed: int | None = None,
+        warn_every_s: float = 30.0,
     ) -> None:
-        if settings is None or discovery is None or reader is None or send is None:
-            raise ValueError("settings, discovery, reader and send are required")
+        if settings is None or discovery is None or reader is None or sender is None:
+            raise ValueError("settings, discovery, reader and sender are required")
+        if clock is None or not 0.0 <= drop_ratio < 1.0:
+            raise ValueError("clock is required and drop_ratio must be in [0, 1)")
         self._node = settings.meter.node or socket.gethostname()
         self._secret = settings.meter.secret.get_secret_value().encode()
         self._interval_s = settings.meter.interval_ms / 1000
-        self._discovery = discovery
-        self._reader = reader
-        self._send_raw = send
-        self._clock = clock
-        self._drop_ratio = drop_ratio  # test switch: lose this share of datagrams on purpose
+        self._discovery, self._reader, self._sender, self._clock = (
+            discovery, reader, sender, clock,
+        )  # fmt: skip
+        self._drop_ratio = drop_ratio
         self._random = random.Random(seed)  # noqa: S311 - a test switch, not security
-        self._seq_base = (time.time_ns() // 1_000_000) << 22
-        self.runs: dict[str, RunMeter] = {}
-        self._finals: list[tuple[bytes, int]] = []
-        self.sent = self.dropped_on_purpose = 0
-        self._warned_at = 0.0
+        self._warn_every_s = warn_every_s
+        self._warned: dict[str, float] = {}
+        self._seq = (clock() // 1_000_000) << SEQ_EPOCH_SHIFT
+        self.runs: dict[str, RunMeter] = {}  # by container id
+        self._new: dict[str, tuple[Container, int | None]] = {}  # discovered, not yet tracked
+        self._listings = self._listings_seen = 0  # runtime listings done / looked at by tick
+        self._listed_ids: set[str] = set()
+        self._finished: dict[str, int] = {}  # container id -> when it finished
+        self._ignored: set[str] = set()  # labels we cannot encode (no tenant, too long)
+        self._finals: list[_Final] = []
+        self._exits: dict[str, tuple[RunMeter, int]] = {}  # awaiting exit code, deadline
+        self.sent = self.dropped_on_purpose = self.send_failures = 0
+        # Fail at start-up, not per datagram, on a bad node name or an empty secret.
+        probe = MeterMessage(
+            kind=MessageKind.STARTED, node=self._node, run_id="r", tenant="t", seq=0,
+            time_unix_ns=0, cpu_ns=0, memory_bytes=0, memory_byte_ms=0,
+        )  # fmt: skip
+        encode(probe, self._secret)
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _message(
+        self, run: RunMeter, kind: MessageKind, *, final: bool = False, exit_code: int | None = None
+    ) -> MeterMessage:
+        seq, self._seq = self._seq, self._seq + 1
+        return MeterMessage(
+            kind=kind, node=self._node, run_id=run.container.run_id, tenant=run.container.tenant,
+            seq=seq, time_unix_ns=run.time_ns, cpu_ns=run.cpu_ns, memory_bytes=run.last_memory,
+            memory_byte_ms=run.memory_byte_ms, final=final, exit_code=exit_code,
+        )  # fmt: skip
 
     def _send(self, message: MeterMessage) -> bytes:
         data = encode(message, self._secret)
@@ -101,84 +175,214 @@ class MeterAgent:
             self.dropped_on_purpose += 1
             return
         try:
-            self._send_raw(data)
+            self._sender(data)
             self.sent += 1
-        except OSError as exc:  # server down: the next datagram carries the whole state
-            self._warn(f"send failed: {exc}")
+        except OSError as exc:  # server away: the next datagram carries the whole state
+            self.send_failures += 1
+            self._warn("send", f"cannot send to the meter server: {exc}")
 
-    def _warn(self, text: str) -> None:
-        if time.monotonic() - self._warned_at > 30:
-            self._warned_at = time.monotonic()
+    def _warn(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -self._warn_every_s) >= self._warn_every_s:
+            self._warned[key] = now
             log.warning("meter agent: %s", text)
 
-    async def _discover(self) -> list[Container] | None:
-        try:
-            return await asyncio.to_thread(self._discovery.running)
-        except Exception as exc:  # runtime down: keep reading the cgroups we know
-            self._warn(f"runtime unreachable: {exc}")
-            return None
+    # -- discovery (runtime API, in threads) ------------------------------------------------
 
-    async def tick(self) -> None:
-        running = await self._discover()
+    async def discover(self) -> None:
+        """One round with the runtime: which containers run, StartedAt of new ones, and
+        exit codes of finished ones. Never raises."""
+        try:
+            running = await asyncio.to_thread(self._discovery.running)
+        except Exception as exc:
+            self._warn("runtime", f"runtime unreachable, reading known containers only: {exc}")
+            running = None
         if running is not None:
-            for container in running:
-                if container.container_id not in self.runs:
-                    await self._track(container)
-        alive = None if running is None else {c.container_id for c in running}
-        for container_id, meter in list(self.runs.items()):
-            reading = self._reader.read(container_id)
-            if reading is None or (alive is not None and container_id not in alive):
-                await self._finish(container_id, meter)
+            now = self._clock()
+            self._finished = {
+                cid: at for cid, at in self._finished.items() if now - at < REMEMBER_FINISHED_NS
+            }
+            ids = {c.container_id for c in running}
+            self._ignored &= ids
+            fresh = [
+                c
+                for c in running
+                if c.container_id not in self.runs
+                and c.container_id not in self._finished
+                and c.container_id not in self._ignored
+            ]
+            starts = await asyncio.gather(*(self._started_ns(c.container_id) for c in fresh))
+            self._new.update({c.container_id: (c, s) for c, s in zip(fresh, starts, strict=True)})
+            self._listed_ids, self._listings = ids, self._listings + 1
+        await self._resolve_exits()
+
+    async def _started_ns(self, container_id: str) -> int | None:
+        try:
+            started: datetime | None = await asyncio.to_thread(
+                self._discovery.started_at, container_id
+            )
+        except Exception:
+            return None
+        return None if started is None else (started - _EPOCH) // _US * 1000
+
+    async def _resolve_exits(self) -> None:
+        pending = list(self._exits.items())
+        codes = await asyncio.gather(
+            *(asyncio.to_thread(self._discovery.exit_code, cid) for cid, _ in pending),
+            return_exceptions=True,
+        )
+        now = self._clock()
+        for (cid, (run, deadline)), code in zip(pending, codes, strict=True):
+            if isinstance(code, int):
+                self._send(self._message(run, MessageKind.EXITED, final=True, exit_code=code))
+            elif now < deadline:
                 continue
-            meter.update(reading, self._clock())
-            self._send(meter.message(MessageKind.SAMPLE, self._node))
-        self._finals = [(data, left - 1) for data, left in self._finals if left > 1]
-        for data, _ in self._finals:
-            self._transmit(data)
+            self._exits.pop(cid, None)
 
-    async def _track(self, container: Container) -> None:
+    # -- sampling (cgroups, synchronous and fast) -------------------------------------------
+
+    def tick(self) -> None:
+        """Track newly discovered containers, read every tracked one, send the samples."""
+        for cid, (container, started_ns) in self._new.items():
+            if cid not in self.runs and cid not in self._finished:  # listed twice meanwhile
+                self._track(container, started_ns)
+        self._new.clear()
+        listing, self._listings_seen = self._listings > self._listings_seen, self._listings
+        for cid, run in list(self.runs.items()):
+            if listing:
+                run.missing = 0 if cid in self._listed_ids else run.missing + 1
+            reading = self._reader.read(cid)
+            if reading is None or run.missing >= MISSING_SNAPSHOTS:
+                self._finish(cid, run)
+                continue
+            run.update(reading, self._clock())
+            self._send(self._message(run, MessageKind.SAMPLE))
+        self._resend_finals()
+
+    def _track(self, container: Container, started_ns: int | None) -> None:
+        run = RunMeter(container, started_ns, self._clock())
         try:
-            started = await asyncio.to_thread(self._discovery.started_at, container.container_id)
-        except Exception:
-            started = None
-        started_ns = int(started.timestamp() * 1e9) if started else self._clock()
-        meter = RunMeter(container, self._seq_base, started_ns)
-        self.runs[container.container_id] = meter
-        self._send(meter.message(MessageKind.STARTED, self._node))
+            data = encode(self._message(run, MessageKind.STARTED), self._secret)
+        except EncodeError as exc:  # e.g. no tenant label: we could never bill it anyway
+            self._ignored.add(container.container_id)
+            self._warn("labels", f"ignoring container {container.container_id[:12]}: {exc}")
+            return
+        self.runs[container.container_id] = run
+        self._transmit(data)
 
-    async def _finish(self, container_id: str, meter: RunMeter) -> None:
-        del self.runs[container_id]
-        if meter.last_ns is None:
-            return  # never read: nothing measured to report
-        final = self._send(meter.message(MessageKind.SAMPLE, self._node, final=True))
-        self._finals.append((final, FINAL_REPEATS))
-        try:
-            code = await asyncio.to_thread(self._discovery.exit_code, container_id)
-        except Exception:
-            code = None
-        if code is not None:
-            self._send(meter.message(MessageKind.EXITED, self._node, exit_code=code))
+    def _finish(self, cid: str, run: RunMeter) -> None:
+        del self.runs[cid]
+        now = self._clock()
+        self._finished[cid] = now
+        self._exits[cid] = (run, now + EXIT_CODE_WAIT_NS)
+        if run.last_ns is None:
+            return  # never read: no usage to report (billed for wall time and execution)
+        data = self._send(self._message(run, MessageKind.SAMPLE, final=True))
+        self._finals.append(_Final(data, FINAL_SENDS - 1, now + FINAL_SPACING_NS))
 
-    async def run_forever(self) -> None:
+    def _resend_finals(self) -> None:
+        now = self._clock()
+        for final in self._finals:
+            if final.due_ns <= now:
+                self._transmit(final.data)
+                final.sends_left -= 1
+                final.due_ns = now + FINAL_SPACING_NS
+        self._finals = [final for final in self._finals if final.sends_left > 0]
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _every_interval(self, step: Callable[[], object], what: str) -> None:
         next_at = time.monotonic()
         while True:
             try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._warn(f"tick failed: {exc}")
-            next_at += self._interval_s
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as exc:  # never die: the next round retries
+                self._warn(what, f"{what} failed: {exc!r}")
+            next_at = max(next_at + self._interval_s, time.monotonic() - self._interval_s)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at = max(next_at, time.monotonic() - self._interval_s)
+
+    async def run_forever(self) -> None:
+        """Discover and sample every interval until cancelled."""
+        discovering = asyncio.create_task(self._every_interval(self.discover, "discovery"))
+        try:
+            await self._every_interval(self.tick, "sampling")
+        finally:
+            discovering.cancel()
+            await asyncio.gather(discovering, return_exceptions=True)
 
 
-def udp_sender(host: str, port: int) -> Callable[[bytes], None]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    target = (host, port)
+class UdpSender:
+    """Sends datagrams to one address, resolved once (host names are not looked up per send)."""
 
-    def send(data: bytes) -> None:
-        sock.sendto(data, target)
+    def __init__(self, host: str, port: int) -> None:
+        if not host or not port:
+            raise ValueError("host and port are required")
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self._address = address
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)  # a full send buffer drops the datagram, never waits
 
-    return send
+    def __call__(self, data: bytes) -> None:
+        self._sock.sendto(data, self._address)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def udp_sender(host: str, port: int) -> UdpSender:
+    return UdpSender(host, port)
+
+
+async def run_agent(settings: Settings, drop_ratio: float = 0.0) -> None:
+    """Run the agent with the real runtime, cgroups and UDP until SIGTERM or SIGINT."""
+    if settings.runtime.docker_url is None:
+        raise ValueError("settings.runtime.docker_url is required")
+    discovery = DockerDiscovery(settings.runtime.docker_url)
+    sender = UdpSender(settings.meter.host, settings.meter.port)
+    agent = MeterAgent(
+        settings, discovery, CgroupReader(settings.meter.cgroup_root), sender,
+        drop_ratio=drop_ratio,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(agent.run_forever())
+    log.info(
+        "meter agent %s: sampling every %s ms to udp://%s:%s",
+        agent.node, settings.meter.interval_ms, settings.meter.host, settings.meter.port,
+    )  # fmt: skip
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        discovery.close()
+        sender.close()
+        log.info("meter agent stopped: %s datagrams sent", agent.sent)
+
+
+def _summary() -> str:
+    return (__doc__ or "").split("\n\n")[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meter.agent", description=_summary())
+    parser.add_argument("--node", help="node name (default: FAAS_METER_NODE or the host name)")
+    parser.add_argument("--drop-ratio", type=float, default=0.0, help="lose this share (tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )  # fmt: skip
+    settings = Settings()
+    if args.node:
+        settings.meter.node = args.node
+    asyncio.run(run_agent(settings, args.drop_ratio))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

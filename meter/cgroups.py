@@ -1,15 +1,32 @@
-"""Reads a container's CPU time and memory straight from its cgroup (cheap and exact)."""
+"""Reads a container's CPU time and memory straight from its cgroup (cheap and exact).
+
+Memory is usage minus the inactive file cache, as ``docker stats`` reports it. A cgroup
+whose processes have all exited is reported as gone: podman leaves it behind for a
+moment with the memory already freed (~0 bytes), and billing that level would cut the
+end of the run's memory integral.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     cpu_ns: int
+    """CPU time used by the container so far (the cgroup's cumulative counter)."""
     memory_bytes: int
+    """Memory in use now: usage minus inactive file cache, floored at 0."""
+
+
+class Reader(Protocol):
+    """Where the agent gets readings from (cgroups here; a fake in unit tests)."""
+
+    def read(self, container_id: str) -> Reading | None:
+        """The container's counters now, or None once it has exited."""
+        ...
 
 
 def _stat(path: Path) -> dict[str, int]:
@@ -21,38 +38,51 @@ def _stat(path: Path) -> dict[str, int]:
     return values
 
 
+def _populated(group: Path) -> bool:
+    # Read last: non-empty here means the counters above were read while it ran.
+    return bool((group / "cgroup.procs").read_text().strip())
+
+
 class CgroupReader:
-    """cgroup v1 (podman: ``<root>/{cpuacct,memory}/libpod_parent/libpod-<id>``) or v2
-    (unified: ``<root>/libpod_parent/libpod-<id>`` or a systemd scope). Memory is usage
-    minus inactive file cache, as ``docker stats`` reports it."""
+    """cgroup v1 (podman: ``<root>/{cpuacct,memory}/<parent>/libpod-<id>``) or v2
+    (unified: ``<root>/<parent>/libpod-<id>`` or ``<root>/machine.slice/libpod-<id>.scope``).
+    The layout is detected once, from ``<root>/cgroup.controllers`` (v2 only)."""
 
     def __init__(self, root: Path | str = "/sys/fs/cgroup", parent: str = "libpod_parent") -> None:
+        if root is None or parent is None:
+            raise ValueError("root and parent are required")
         self._root = Path(root)
         self._parent = parent
-        self._v2 = (self._root / "cgroup.controllers").exists()
+        self.v2 = (self._root / "cgroup.controllers").exists()
 
     def read(self, container_id: str) -> Reading | None:
-        """None when the cgroup is gone (the container exited) or unreadable."""
+        """None when the cgroup is gone, empty (the container exited) or unreadable."""
         try:
-            return self._read_v2(container_id) if self._v2 else self._read_v1(container_id)
-        except (OSError, ValueError, KeyError):
+            return self._read_v2(container_id) if self.v2 else self._read_v1(container_id)
+        except (OSError, ValueError, KeyError):  # files vanish when the container exits
             return None
 
-    def _read_v1(self, container_id: str) -> Reading:
+    def _read_v1(self, container_id: str) -> Reading | None:
         name = f"libpod-{container_id}"
-        cpu = self._root / "cpuacct" / self._parent / name / "cpuacct.usage"
+        cpu_ns = int((self._root / "cpuacct" / self._parent / name / "cpuacct.usage").read_text())
         memory = self._root / "memory" / self._parent / name
         usage = int((memory / "memory.usage_in_bytes").read_text())
         inactive = _stat(memory / "memory.stat").get("total_inactive_file", 0)
-        return Reading(int(cpu.read_text()), max(0, usage - inactive))
+        if not _populated(memory):
+            return None
+        return Reading(cpu_ns, max(0, usage - inactive))
 
-    def _read_v2(self, container_id: str) -> Reading:
-        candidates = [
+    def _read_v2(self, container_id: str) -> Reading | None:
+        candidates = (
             self._root / self._parent / f"libpod-{container_id}",
             self._root / "machine.slice" / f"libpod-{container_id}.scope",
-        ]
-        group = next(path for path in candidates if path.exists())
-        cpu_us = _stat(group / "cpu.stat")["usage_usec"]
+        )
+        group = next((path for path in candidates if path.is_dir()), None)
+        if group is None:
+            return None
+        cpu_ns = _stat(group / "cpu.stat")["usage_usec"] * 1000
         usage = int((group / "memory.current").read_text())
         inactive = _stat(group / "memory.stat").get("inactive_file", 0)
-        return Reading(cpu_us * 1000, max(0, usage - inactive))
+        if not _populated(group):
+            return None
+        return Reading(cpu_ns, max(0, usage - inactive))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import docker
 import docker.errors
@@ -19,34 +20,55 @@ class Container:
     tenant: str
 
 
-class DockerDiscovery:
-    """Blocking calls; the agent runs them in a thread."""
-
-    def __init__(self, base_url: str) -> None:
-        if not base_url:
-            raise ValueError("base_url is required")
-        self._client = docker.DockerClient(base_url=base_url, version="1.41", timeout=10)
+class Discovery(Protocol):
+    """What the agent asks the runtime. Blocking calls: the agent runs them in a thread."""
 
     def running(self) -> list[Container]:
-        found = self._client.api.containers(filters={"label": RUN_ID_LABEL, "status": "running"})
+        """Containers with a run id label that are running (or paused: still holding memory)."""
+        ...
+
+    def started_at(self, container_id: str) -> datetime | None: ...
+
+    def exit_code(self, container_id: str) -> int | None:
+        """The exit code once the container has stopped; None while it runs or if gone."""
+        ...
+
+
+class DockerDiscovery:
+    """:class:`Discovery` over the Docker Engine API (``podman system service`` or Docker)."""
+
+    def __init__(self, base_url: str, timeout_s: int = 10) -> None:
+        if not base_url:
+            raise ValueError("base_url is required")
+        self._client = docker.DockerClient(base_url=base_url, version="1.41", timeout=timeout_s)
+
+    def running(self) -> list[Container]:
+        found = self._client.api.containers(
+            filters={"label": RUN_ID_LABEL, "status": ["running", "paused"]}
+        )
         return [
             Container(c["Id"], c["Labels"][RUN_ID_LABEL], c["Labels"].get(TENANT_LABEL, ""))
             for c in found
         ]
 
-    def started_at(self, container_id: str) -> datetime | None:
+    def _state(self, container_id: str) -> dict[str, object] | None:
         try:
-            state = self._client.api.inspect_container(container_id)["State"]
+            state: dict[str, object] = self._client.api.inspect_container(container_id)["State"]
         except docker.errors.NotFound:
             return None
-        return parse_docker_time(state.get("StartedAt"))
+        return state
+
+    def started_at(self, container_id: str) -> datetime | None:
+        state = self._state(container_id)
+        value = None if state is None else state.get("StartedAt")
+        return parse_docker_time(value if isinstance(value, str) else None)
 
     def exit_code(self, container_id: str) -> int | None:
-        try:
-            state = self._client.api.inspect_container(container_id)["State"]
-        except docker.errors.NotFound:
+        state = self._state(container_id)
+        if state is None or state.get("Running") or state.get("Paused"):
             return None
-        return None if state.get("Running") else int(state.get("ExitCode", 0))
+        code = state.get("ExitCode")
+        return code if isinstance(code, int) else None
 
     def close(self) -> None:
         self._client.close()

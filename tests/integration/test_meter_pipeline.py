@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 
 from analytics.samples import samples_batch
 from analytics.usage import RunUsage, run_endpoints, usage_from_endpoints
+from app.events import NodeEvent
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.runtime.podman import parse_docker_time
 from app.settings import Settings
@@ -96,32 +97,45 @@ async def run_container(
         container.remove(force=True)
 
 
-async def samples_of(pipeline: Pipeline, run_id: str) -> pl.DataFrame:
+async def records_of(pipeline: Pipeline, topic: str, run_id: str) -> list[bytes]:
+    """Every record of ``run_id`` on ``topic``, read back by an independent consumer."""
     await pipeline.server.flush()
     consumer = AIOKafkaConsumer(
-        pipeline.settings.kafka.metrics_topic, bootstrap_servers=pipeline.settings.kafka.bootstrap,
-        auto_offset_reset="earliest",
-    )  # fmt: skip
+        topic, bootstrap_servers=pipeline.settings.kafka.bootstrap, auto_offset_reset="earliest"
+    )
     await consumer.start()
-    values: list[bytes | None] = []
+    values: list[bytes] = []
     try:
         idle = 0
         while idle < 4:
             batch = await consumer.getmany(timeout_ms=250)
             idle = 0 if batch else idle + 1
             values.extend(
-                r.value for records in batch.values() for r in records if r.key == run_id.encode()
+                r.value
+                for records in batch.values()
+                for r in records
+                if r.key == run_id.encode() and r.value is not None
             )
     finally:
         await consumer.stop()
-    table, bad = samples_batch(values)
+    return values
+
+
+async def samples_of(pipeline: Pipeline, run_id: str) -> pl.DataFrame:
+    values = await records_of(pipeline, pipeline.settings.kafka.metrics_topic, run_id)
+    table, bad = samples_batch(list(values))
     assert bad == []
     return pl.from_arrow(table)  # type: ignore[return-value]
 
 
+async def node_events_of(pipeline: Pipeline, run_id: str) -> list[NodeEvent]:
+    values = await records_of(pipeline, pipeline.settings.kafka.node_events_topic, run_id)
+    return [NodeEvent.model_validate_json(v) for v in values]
+
+
 def usage(samples: pl.DataFrame, node: str, started: datetime, finished: datetime) -> RunUsage:
-    mine = samples.filter(pl.col("node") == node)
-    assert mine.height > 5 and mine["final"].any(), mine
+    mine = samples.filter(pl.col("node") == node).sort("seq")
+    assert mine.height > 5 and mine["final"][-1], mine  # the run closes with a FINAL sample
     return usage_from_endpoints(run_endpoints(mine).row(0, named=True), started, finished)
 
 
@@ -138,12 +152,22 @@ async def test_memory_and_cpu_are_metered_within_5_percent(pipeline: Pipeline) -
     finally:
         task.cancel()
     memory = usage(await samples_of(pipeline, mem_run[0]), "node-a", *mem_run[1:])
-    cpu = usage(await samples_of(pipeline, cpu_run[0]), "node-a", *cpu_run[1:])
+    cpu_samples = await samples_of(pipeline, cpu_run[0])
+    cpu = usage(cpu_samples, "node-a", *cpu_run[1:])
+    # The FINAL sample repeats the last reading (same time): as the "previous" reading it
+    # hides the last CPU rate from the invoicer. Shown for comparison, not asserted.
+    readings = cpu_samples.sort("seq").unique("sample_time", keep="first", maintain_order=True)
+    distinct = usage_from_endpoints(run_endpoints(readings).row(0, named=True), *cpu_run[1:])
     print(
-        f"faas-mem 64 MiB x 5 s: {memory.gib_seconds} GiB-s; faas-cpu 0.5 x 4 s: {cpu.cpu_seconds} CPU-s"
+        f"faas-mem 64 MiB x 5 s: {memory.gib_seconds} GiB-s; faas-cpu 0.5 x 4 s: "
+        f"{cpu.cpu_seconds} CPU-s ({distinct.cpu_seconds} with the rate of distinct readings)"
     )
     assert float(memory.gib_seconds) == pytest.approx(0.3125, rel=0.05)
     assert float(cpu.cpu_seconds) == pytest.approx(2.0, rel=0.05)
+    events = await node_events_of(pipeline, mem_run[0])
+    assert [(e.type, e.exit_code, e.node) for e in events] == [
+        ("container.started", None, "node-a"), ("container.exited", 0, "node-a"),
+    ]  # fmt: skip
 
 
 async def test_losing_30_percent_of_datagrams_changes_totals_by_under_1_percent(
@@ -186,6 +210,8 @@ async def test_hostile_datagrams_are_dropped_and_counted(pipeline: Pipeline) -> 
         "replayed": valid[:10],
         "truncated": [v[: len(v) // 2] for v in valid[:10]],
         "oversized": [b"FM" + os.urandom(1500)] * 5,
+        "bad_version": [v[:2] + b"\x07" + v[3:] for v in valid[:3]],
+        "malformed": [v + b"\x00" for v in valid[:4]],  # trailing bytes
     }
     garbage = [os.urandom(60 + i) for i in range(20)]
     for data in valid:
