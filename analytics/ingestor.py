@@ -37,10 +37,24 @@ class IngestCounters:
 @dataclass
 class _Batch:
     records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
+    samples: int = 0  # a record may carry several samples, one per line
     opened_at: float = 0.0
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def add(self, partition: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """One partition's fetched records; whole lists, since per-record Python work is
+        what limits the ingestor."""
+        if not self.records:
+            self.opened_at = time.monotonic()
+        values = [record.value for record in records]
+        self.records += records
+        self.values += values
+        self.samples += len(values) + b"".join(filter(None, values)).count(b"\n")
+        self.offsets[partition] = records[-1].offset + 1
 
 
 class Ingestor(RestartingLoop):
@@ -70,14 +84,9 @@ class Ingestor(RestartingLoop):
     def dead_letter_topic(self) -> str:
         return f"{self._kafka.metrics_topic}.dlq"
 
-    def _add(self, batch: _Batch, record: ConsumerRecord[bytes, bytes]) -> None:
-        if not batch:
-            batch.opened_at = time.monotonic()
-        self.counters.consumed += 1
-        batch.records.append(record)
-
     async def _flush(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
-        rows, bad = samples_batch([record.value for record in batch.records])
+        # In a thread: Polars parses without the GIL while the loop keeps consuming.
+        rows, bad = await asyncio.to_thread(samples_batch, batch.values)
         dead = []
         for index in bad:
             record = batch.records[index]
@@ -99,11 +108,7 @@ class Ingestor(RestartingLoop):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         # Explicit offsets: records consumed after this batch are not flushed yet.
-        offsets: dict[TopicPartition, int] = {}
-        for record in batch.records:
-            partition = TopicPartition(record.topic, record.partition)
-            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
-        await consumer.commit(offsets)
+        await consumer.commit(batch.offsets)
         self.counters.inserted += rows.num_rows
         self.counters.dead_lettered += len(dead)
         self.counters.flushes += 1
@@ -130,11 +135,12 @@ class Ingestor(RestartingLoop):
                 fetched = await consumer.getmany(
                     timeout_ms=int(wait_s * 1000), max_records=self._flush_count
                 )
-                for records in fetched.values():
-                    for record in records:
-                        self._add(batch, record)
+                for partition, records in fetched.items():
+                    if records:
+                        self.counters.consumed += len(records)
+                        batch.add(partition, records)
                 due = batch and time.monotonic() - batch.opened_at >= self._flush_s
-                if len(batch) >= self._flush_count or due:
+                if batch.samples >= self._flush_count or due:
                     if inflight is not None:
                         await inflight
                     inflight = asyncio.create_task(self._flush(consumer, batch))

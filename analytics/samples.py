@@ -82,16 +82,16 @@ def _timestamps(column: str) -> pl.Expr:
 
 def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
     """Parse a batch of records at once (Polars NDJSON); returns the Arrow rows and the
-    indexes of records that are not valid samples. Falls back to record-by-record
-    validation only when the batch contains a bad record."""
+    indexes of records that are not valid. A record holds one sample or several, one JSON
+    object per line (the meter server packs a run's samples per flush); a record with any
+    bad line is bad as a whole. Falls back to record-by-record validation only when the
+    batch contains a bad record."""
     try:
-        if any(v is None or b"\n" in v for v in values):
-            raise ValueError("record unusable for the batch path")
+        if any(not v for v in values):
+            raise ValueError("empty record")
+        lines = sum(v.count(b"\n") + 1 for v in values if v)
         frame = pl.read_ndjson(b"\n".join(values), schema=_JSON_SCHEMA)  # type: ignore[arg-type]
-        if (
-            frame.height != len(values)
-            or frame.null_count().select(pl.sum_horizontal(_REQUIRED)).item()
-        ):
+        if frame.height != lines or frame.null_count().select(pl.sum_horizontal(_REQUIRED)).item():
             raise ValueError("missing fields")
         if not (frame["type"] == "usage.sample").all():
             raise ValueError("not a usage sample")
@@ -106,7 +106,9 @@ def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
         bad: list[int] = []
         for index, value in enumerate(values):
             try:
-                good.append(parse_sample(value))
+                record = [parse_sample(line) for line in (value or b"").split(b"\n")]
             except BadSample:
                 bad.append(index)
+                continue
+            good.extend(record)  # only whole records: a bad line keeps its neighbours out too
         return samples_table(good), bad

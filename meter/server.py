@@ -1,92 +1,190 @@
-"""Meter server: authenticated UDP datagrams → Kafka, batched, keyed by run id.
+"""Meter server: authenticated UDP datagrams → Kafka, batched, keyed by run id
+(``python -m meter.server``).
 
-Every datagram is counted once: accepted, or dropped with its ``DropReason``. Samples go
+Every datagram is counted once: accepted, or dropped with its ``DropReason`` (or as
+``buffer_full``), so ``received == accepted + Σ dropped + dropped_buffer_full``. Samples go
 to ``faas.metrics`` as ``UsageSample`` JSON, agent lifecycle observations to
-``faas.node-events``. The receive path never awaits Kafka: accepted records wait in a
-bounded buffer that a flusher drains on count or wait, whichever first.
+``faas.node-events`` as ``NodeEvent``. The receive path never awaits Kafka: accepted
+records wait in a bounded buffer that a flusher drains on count or wait, whichever
+first, and keeps (retrying with back-off) while Kafka is away.
+
+Replays: per ``(node, run_id)`` the highest accepted seq is kept (two agents may report
+one run, each with its own sequence); a seq not above it is REPLAYED. Windows not heard
+from for ``run_ttl_s`` are forgotten, at most ``max_runs`` are kept (least recently
+heard-from go first): a replay older than that is accepted but harmless, because the
+counters are cumulative and the ingestor's key ``(run_id, node, seq)`` deduplicates.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
+import sys
+import time
 from collections import OrderedDict, deque
-from itertools import groupby
+from collections.abc import Callable
 
 from app.events import EventPublisher
-from app.settings import KafkaSettings, MeterSettings
-from meter.protocol import DecodeError, DropReason, decode
-from meter.records import MeterCounters, to_record
+from app.kafka import ensure_topics
+from app.settings import KafkaSettings, MeterSettings, Settings
+from meter.protocol import MAX_DATAGRAM_BYTES, DecodeError, DropReason
+from meter.record_decoder import RecordDecoder
+from meter.records import KafkaSink, MeterCounters, pack_by_key
 
 log = logging.getLogger(__name__)
 MAX_BUFFER = 200_000  # records held while Kafka is unreachable
-RECEIVE_BUFFER = 8 * 1024 * 1024
-MAX_TRACKED_RUNS = 100_000  # replay windows kept; the least recently heard-from go first
+MAX_TRACKED_RUNS = 100_000  # replay windows kept
+RUN_TTL_S = 600.0  # a window not heard from for this long is forgotten
+FLUSH_BATCH = 20_000  # records per publish call
+STOP_FLUSH_S = 10.0  # how long stop() tries to hand the buffer to Kafka
+RECEIVE_BUFFER = 8 * 1024 * 1024  # bursts queue in the kernel, not on the floor
+DRAIN_BATCH = 512  # datagrams read per wake-up before the loop serves other tasks
+DROP_LOG_EVERY_S = 10.0
 
 
 class MeterServer(asyncio.DatagramProtocol):
-    def __init__(self, meter: MeterSettings, kafka: KafkaSettings, sink: EventPublisher) -> None:
-        if meter is None or kafka is None or sink is None:
-            raise ValueError("meter, kafka and sink are required")
-        self._meter = meter
-        self._kafka = kafka
-        self._sink = sink
-        self._secret = meter.secret.get_secret_value().encode()
-        self.counters = MeterCounters()
-        self._highest_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+    """UDP receiver, replay filter, bounded buffer and Kafka flusher, plus ``/metrics``."""
+
+    def __init__(
+        self,
+        meter: MeterSettings,
+        kafka: KafkaSettings,
+        sink: EventPublisher,
+        *,
+        max_buffer: int = MAX_BUFFER,
+        max_runs: int = MAX_TRACKED_RUNS,
+        run_ttl_s: float = RUN_TTL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if meter is None or kafka is None or sink is None or monotonic is None:
+            raise ValueError("meter, kafka, sink and monotonic are required")
+        if max_buffer < 1 or max_runs < 1 or run_ttl_s <= 0:
+            raise ValueError("max_buffer, max_runs and run_ttl_s must be positive")
+        self._meter, self._kafka, self._sink = meter, kafka, sink
+        self._record = RecordDecoder(
+            meter.secret.get_secret_value().encode(), kafka.metrics_topic, kafka.node_events_topic
+        ).record
+        self._flush_count = meter.flush_count
+        self._max_buffer, self._max_runs, self._ttl_s = max_buffer, max_runs, run_ttl_s
+        self._monotonic = monotonic
+        self._counters = MeterCounters()
+        # (node, run_id) -> (highest seq accepted, when), least recently heard-from first
+        self._windows: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._forgot_at = float("-inf")
         self._buffer: deque[tuple[str, str, bytes]] = deque()
+        self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._logged_drop: dict[DropReason, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._http: asyncio.Server | None = None
+
+    @property
+    def counters(self) -> MeterCounters:
+        return self._counters
+
+    @property
+    def buffered(self) -> int:
+        """Accepted records not yet produced to Kafka."""
+        return len(self._buffer)
+
+    @property
+    def udp_port(self) -> int | None:
+        return None if self._sock is None else int(self._sock.getsockname()[1])
 
     # -- receive path (synchronous: never waits on Kafka) ----------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.counters.received += 1
+        counters = self._counters
+        counters.received += 1
         try:
-            message = decode(data, self._secret)
+            node, run_id, seq, topic, record_key, value = self._record(data)
         except DecodeError as exc:
-            self.counters.dropped[exc.reason.value] += 1
+            self._drop(exc.reason, addr, exc.detail)
             return
-        key = (message.node, message.run_id)
-        last = self._highest_seq.get(key)
-        if last is not None and message.seq <= last:
-            self.counters.dropped[DropReason.REPLAYED.value] += 1
+        key = (node, run_id)
+        now = self._monotonic()
+        windows = self._windows
+        window = windows.get(key)
+        if window is not None and seq <= window[0]:
+            self._drop(DropReason.REPLAYED, addr, f"seq {seq} <= {window[0]}")
             return
-        if len(self._buffer) >= MAX_BUFFER:
-            self.counters.dropped_buffer_full += 1
+        buffer = self._buffer
+        if len(buffer) >= self._max_buffer:
+            counters.dropped_buffer_full += 1  # not accepted: the window stays put
             return
-        self._highest_seq[key] = message.seq
-        self._highest_seq.move_to_end(key)
-        if len(self._highest_seq) > MAX_TRACKED_RUNS:
-            self._highest_seq.popitem(last=False)
-        self.counters.accepted += 1
-        self._buffer.append(
-            to_record(message, self._kafka.metrics_topic, self._kafka.node_events_topic)
-        )
-        if len(self._buffer) >= self._meter.flush_count:
+        windows[key] = (seq, now)
+        windows.move_to_end(key)
+        if len(windows) > self._max_runs or now - self._forgot_at >= 1.0:
+            self._forget_windows(now)
+        counters.accepted += 1
+        buffer.append((topic, record_key, value))
+        if len(buffer) >= self._flush_count:
             self._wake.set()
+
+    def _forget_windows(self, now: float) -> None:
+        self._forgot_at = now  # the TTL is looked at once a second at most: hot path
+        windows = self._windows
+        while len(windows) > self._max_runs:
+            windows.popitem(last=False)
+        while windows and now - next(iter(windows.values()))[1] > self._ttl_s:
+            windows.popitem(last=False)
+
+    def _drop(self, reason: DropReason, addr: object, detail: str) -> None:
+        self._counters.dropped[reason.value] += 1
+        now = self._monotonic()
+        if reason is not DropReason.REPLAYED and (
+            now - self._logged_drop.get(reason, -DROP_LOG_EVERY_S) >= DROP_LOG_EVERY_S
+        ):
+            self._logged_drop[reason] = now  # one line per reason per period, with a source
+            log.warning("meter server: dropped %s datagram from %s: %s", reason, addr, detail)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("meter server: UDP error %s", exc)
+
+    def _drain(self) -> None:
+        # Many datagrams per wake-up: asyncio's own datagram transport reads one per loop
+        # iteration, which caps a server at ~11k datagrams/s; this reaches the decoder's pace.
+        assert self._sock is not None
+        recvfrom, size = self._sock.recvfrom, MAX_DATAGRAM_BYTES + 1  # larger: OVERSIZED
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, addr = recvfrom(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            self.datagram_received(data, addr)
 
     # -- flusher ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), 5_000))]
-            try:
-                for topic, records in groupby(batch, key=lambda r: r[0]):
-                    chunk = [(key, value) for _, key, value in records]
-                    await self._sink.publish(topic, chunk)
-                    self.counters.produced += len(chunk)
-            except Exception:
-                # Put the unsent tail back in front, in order (some of the batch may have
-                # gone out: the ingestor's table key makes a resend harmless).
-                self._buffer.extendleft(reversed(batch))
-                self.counters.produce_failures += 1
-                raise
+        """Produce everything buffered; on failure the unsent records go back in front."""
+        async with self._flush_lock:  # one flush at a time keeps each run's records in order
+            while self._buffer:
+                count = min(len(self._buffer), FLUSH_BATCH)
+                by_topic: dict[str, list[tuple[str, bytes]]] = {}
+                for topic, key, value in (self._buffer.popleft() for _ in range(count)):
+                    by_topic.setdefault(topic, []).append((key, value))
+                for topic, records in list(by_topic.items()):
+                    packed = records
+                    if topic == self._kafka.metrics_topic:
+                        packed = pack_by_key(records)
+                    try:
+                        await self._sink.publish(topic, packed)
+                    except Exception:
+                        unsent = [(t, k, v) for t, recs in by_topic.items() for k, v in recs]
+                        self._buffer.extendleft(reversed(unsent))
+                        self._counters.produce_failures += 1
+                        raise
+                    self._counters.produced += len(records)
+                    del by_topic[topic]
 
     async def _flush_forever(self) -> None:
         delay = self._meter.flush_ms / 1000
@@ -100,64 +198,138 @@ class MeterServer(asyncio.DatagramProtocol):
             except Exception as exc:
                 delay = min(max(delay * 2, 0.5), 10.0)
                 log.warning(
-                    "meter server: Kafka produce failed (%s); retrying in %.1fs", exc, delay
-                )
+                    "meter server: Kafka produce failed (%r); %d records wait, retry in %.1fs",
+                    exc, len(self._buffer), delay,
+                )  # fmt: skip
 
     async def _log_forever(self, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
-            log.info("meter server counters: %s", json.dumps(self.counters.as_dict()))
+            log.info("meter server counters: %s", json.dumps(self._counters.as_dict()))
 
     # -- counters over HTTP ----------------------------------------------------------------
 
-    async def _serve_metrics(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            path = request.split(b" ")[1] if request.count(b" ") >= 2 else b"/"
-            if path.startswith(b"/metrics.json"):
-                body, kind = json.dumps(self.counters.as_dict()).encode(), b"application/json"
-            elif path.startswith(b"/metrics"):
-                body, kind = self.counters.prometheus().encode(), b"text/plain; version=0.0.4"
-            else:
-                body, kind = b"not found\n", b"text/plain"
-            status = b"200 OK" if body != b"not found\n" else b"404 Not Found"
+            request = (await asyncio.wait_for(reader.readline(), timeout=5)).decode("latin-1")
+            accept = ""
+            for _ in range(100):  # read the headers, so closing does not reset the connection
+                line = (await asyncio.wait_for(reader.readline(), timeout=5)).decode("latin-1")
+                if not line.strip():
+                    break
+                if line.lower().startswith("accept:"):
+                    accept = line.lower()
+            method, _, rest = request.partition(" ")
+            path = rest.partition(" ")[0]
+            status, kind, body = self._http_response(method, path, accept)
             writer.write(
-                b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind
-                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )  # fmt: skip
+                f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    def _http_response(self, method: str, path: str, accept: str) -> tuple[str, str, bytes]:
+        route, _, query = path.partition("?")
+        if route not in ("/metrics", "/metrics.json"):
+            return "404 Not Found", "text/plain", b"not found\n"
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if route == "/metrics.json" or "format=json" in query or "application/json" in accept:
+            body = {**self._counters.as_dict(), "buffered": len(self._buffer)}
+            return "200 OK", "application/json", json.dumps(body).encode()
+        text = self._counters.prometheus() + (
+            "# TYPE faas_meter_buffered_records gauge\n"
+            f"faas_meter_buffered_records {len(self._buffer)}\n"
+        )
+        return "200 OK", "text/plain; version=0.0.4", text.encode()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, *, log_every_s: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self._meter.host, self._meter.port)
-        )
-        sock = self._transport.get_extra_info("socket")
-        with contextlib.suppress(OSError):  # bursts queue in the kernel, not on the floor
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self._http = await asyncio.start_server(
-            self._serve_metrics, self._meter.host, self._meter.metrics_port
-        )
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(self._meter.host, self._meter.port, type=socket.SOCK_DGRAM)
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind(address)
+            sock.setblocking(False)
+            self._http = await asyncio.start_server(
+                self._serve_http, self._meter.host, self._meter.metrics_port
+            )
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._drain)
         self._tasks = [
             asyncio.create_task(self._flush_forever()),
             asyncio.create_task(self._log_forever(log_every_s)),
         ]
 
     async def stop(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Stop receiving, then hand what is buffered to Kafka (for up to 10 s)."""
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
         if self._http is not None:
             self._http.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), timeout=STOP_FLUSH_S)
+        except Exception as exc:
+            log.warning("meter server: %d records not produced at stop (%r)", self.buffered, exc)
+        log.info("meter server stopped: %s", json.dumps(self._counters.as_dict()))
+
+
+async def run_server(settings: Settings) -> None:
+    """Run the server against Kafka until SIGTERM or SIGINT."""
+    try:
+        await asyncio.wait_for(ensure_topics(settings.kafka), timeout=15)
+    except Exception as exc:  # the flusher keeps retrying while Kafka is away
+        log.warning("meter server: cannot ensure topics yet (%r)", exc)
+    publisher = KafkaSink(settings.kafka)
+    server = MeterServer(settings.meter, settings.kafka, publisher)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "meter server on udp://%s:%s (max %d-byte datagrams), counters on http://%s:%s/metrics",
+        settings.meter.host, settings.meter.port, MAX_DATAGRAM_BYTES,
+        settings.meter.host, settings.meter.metrics_port,
+    )  # fmt: skip
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await publisher.close()
+
+
+def _summary() -> str:
+    return (__doc__ or "").split("\n\n")[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meter.server", description=_summary())
+    parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )  # fmt: skip
+    asyncio.run(run_server(Settings()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ def test_sample_record_matches_the_usage_sample_schema() -> None:
     assert sample.event_id == "run-1:n\\1:7"
     assert sample.tenant == 'o"brien@example.com' and sample.node == "n\\1"
     assert sample.memory_byte_ms == 2**70 and sample.final
-    assert sample.event_time.isoformat() == "2027-01-15T08:00:00.123457+00:00"
+    assert sample.event_time.isoformat() == "2027-01-15T08:00:00.123456+00:00"  # floored, exact
 
 
 def test_lifecycle_goes_to_the_node_events_topic() -> None:
