@@ -76,6 +76,11 @@ class RuntimeSettings(BaseModel):
     stop_grace_s: int = Field(default=2, ge=0)
     reconcile_interval_s: float = Field(default=0.5, gt=0)
     log_tail_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Isolation of every function container (docs/SECURITY.md).
+    run_as_user: str = "65534:65534"  # when the image names no non-root user; "" = image's
+    read_only_root: bool = True
+    tmpfs_mb: int = Field(default=64, ge=1)  # the writable /tmp on a read-only root
+    pids_limit: int = Field(default=256, ge=16)
 
     @model_validator(mode="after")
     def _defaults_within_maxima(self) -> RuntimeSettings:
@@ -103,6 +108,7 @@ class MeterSettings(BaseModel):
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # larger bodies get 413
 
 
 class Settings(BaseSettings):

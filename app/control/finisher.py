@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from app.events import Stopped
 from app.runtime import ContainerState, Runtime
+from app.runtime.isolation import SIGKILL_EXIT
 from app.schemas import RunStatus, StopReason
 from app.settings import RuntimeSettings
 from app.store.runs import Finish, OutgoingEvent, RunRecord, RunRepository
@@ -19,6 +20,12 @@ def outcome_of_exit(
     """How a container that ended by itself is reported."""
     if state.oom_killed:
         return RunStatus.FAILED, StopReason.FAILED, f"killed: out of memory (limit {memory_mb} MiB)"
+    if state.exit_code == SIGKILL_EXIT:
+        # podman on cgroup v1 does not flag OOM kills. A container's PID 1 cannot get SIGKILL
+        # from inside its PID namespace, and the platform's own stops never land here, so
+        # this was the kernel's OOM killer (or someone outside the platform).
+        message = f"killed (SIGKILL): out of memory (limit {memory_mb} MiB) or killed outside the platform"
+        return RunStatus.FAILED, StopReason.FAILED, message
     if state.error:
         return RunStatus.FAILED, StopReason.FAILED, state.error
     if state.exit_code == 0:

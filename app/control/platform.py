@@ -12,6 +12,7 @@ from app.control.service import ControlPlane
 from app.events import EventPublisher
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.runtime import Runtime
+from app.runtime.isolation import Isolation
 from app.runtime.podman import DockerApiRuntime
 from app.settings import RuntimeSettings, Settings
 from app.store.db import make_engine, migrate
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def make_runtime(settings: RuntimeSettings) -> Runtime:
     if settings.kind == "podman":
         assert settings.docker_url is not None  # filled by Settings
-        return DockerApiRuntime(settings.docker_url)
+        return DockerApiRuntime(settings.docker_url, isolation=Isolation.from_settings(settings))
     raise NotImplementedError("the kubernetes runtime is not built yet (FAAS_RUNTIME=podman)")
 
 

@@ -23,6 +23,7 @@ from app.runtime.base import (
     RuntimeError_,
     RuntimeUnavailable,
 )
+from app.runtime.isolation import Isolation
 
 T = TypeVar("T")
 _ZERO_TIME = "0001-01-01"
@@ -60,10 +61,13 @@ def state_from_attrs(attrs: dict[str, Any]) -> ContainerState:
 class DockerApiRuntime:
     """One container per run; blocking SDK calls run in worker threads."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 30.0, isolation: Isolation | None = None
+    ) -> None:
         if not base_url:
             raise ValueError("base_url is required (e.g. unix:///path/podman.sock)")
         self._base_url = base_url
+        self._isolation = isolation or Isolation()
         self._timeout_s = timeout_s
         self._client: docker.DockerClient | None = None
 
@@ -92,6 +96,8 @@ class DockerApiRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         def create(client: docker.DockerClient) -> str:
+            # The image's own user decides whether we must force a non-root one.
+            image_user = (client.api.inspect_image(spec.image).get("Config") or {}).get("User")
             container = client.containers.create(
                 spec.image,
                 command=spec.command,
@@ -105,8 +111,8 @@ class DockerApiRuntime:
                 nano_cpus=int(spec.cpu * 1e9),
                 mem_limit=f"{spec.memory_mb}m",
                 memswap_limit=f"{spec.memory_mb}m",  # no swap: the limit is the limit
-                pids_limit=256,
                 detach=True,
+                **self._isolation.docker_options(image_user),
             )
             return str(container.id)
 
