@@ -16,11 +16,13 @@ from analytics.ingestor import Ingestor
 from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
 from analytics.invoicing import RunSamples
+from app.api.auth import authenticator_for
 from app.api.billing import create_billing_api
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.mail.ledger import MailLedger
 from app.mail.notifier import Notifier, SmtpMailer
 from app.settings import Settings
+from app.store.api_keys import ApiKeyRepository
 from app.store.db import make_engine, migrate
 from app.store.runs import RunRepository
 from app.tariffs.repository import TariffRepository
@@ -122,14 +124,23 @@ class BillingDeployment:
     ) -> None:
         # The workers are bound here so they belong to this application; billing never calls them.
         self._workers = workers
+        self._engine = make_engine(settings.sql_url)
+        self._auth = authenticator_for(settings, ApiKeyRepository(self._engine))
+        self._max_body_bytes = settings.http.max_body_bytes
 
         async def store() -> InvoiceStore:
+            await asyncio.to_thread(migrate, self._engine)  # the API keys the auth looks up
             return InvoiceStore(await connect(settings, owner))
 
         self._store = asyncio.get_running_loop().create_task(store())
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_billing_api(_WhenReady(self._store), ready=self._store)
+        return create_billing_api(
+            _WhenReady(self._store),
+            self._auth,
+            max_body_bytes=self._max_body_bytes,
+            ready=self._store,
+        )
 
 
 class _WhenReady:

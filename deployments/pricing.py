@@ -21,12 +21,15 @@ class PricingDeployment:
         self._engine = make_engine(settings.sql_url)
         self._tariffs = TariffRepository(self._engine)
         self._token = settings.admin_token.get_secret_value()
+        self._max_body_bytes = settings.http.max_body_bytes
         self._started = asyncio.get_running_loop().create_task(
             asyncio.to_thread(migrate, self._engine)
         )
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_pricing_api(self._tariffs, self._token, ready=self._started)
+        return create_pricing_api(
+            self._tariffs, self._token, max_body_bytes=self._max_body_bytes, ready=self._started
+        )
 
     async def check_health(self) -> None:
         if self._started.done() and self._started.exception() is not None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel, EmailStr
 
+from app.api.auth import Authenticator, Caller, CallerDep, forbidden
 from app.api.common import PrefixRootAsSlash, readiness_gate
+from app.api.limits import BodyLimit
 from app.invoices import Invoice, Money
 
 
@@ -46,20 +48,33 @@ class TenantBilling(BaseModel):
 Email = Annotated[EmailStr, Path(description="the tenant's email")]
 
 
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing (production mode), unknown or revoked credentials"},
+    403: {"description": "a tenant key reads only its own invoices"},
+}
+
+
 def billing_router(invoices: InvoiceReader) -> APIRouter:
+    """Routes whose caller is identified by the app's ``Authenticator`` (``auth.install``)."""
     router = APIRouter(tags=["billing"])
 
-    @router.get("/{email}", response_model=TenantBilling)
+    def own(caller: Caller, email: str) -> None:
+        if not caller.may_act_for(email):
+            raise forbidden("path", "email", "a tenant key reads only its own invoices")
+
+    @router.get("/{email}", response_model=TenantBilling, responses=_AUTH)
     async def tenant_billing(
         email: Email,
+        caller: CallerDep,
         since: Annotated[
             datetime | None, Query(alias="from", description="finished at or after")
         ] = None,
         until: Annotated[datetime | None, Query(alias="to", description="finished before")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> TenantBilling:
         """The tenant's current invoices, newest first, with totals per currency."""
+        own(caller, str(email))
         page, count, totals = await invoices.for_tenant(
             str(email), since=since, until=until, limit=limit, offset=offset
         )
@@ -75,11 +90,14 @@ def billing_router(invoices: InvoiceReader) -> APIRouter:
     @router.get(
         "/{email}/invoices/{run_id}",
         response_model=Invoice,
-        responses={404: {"description": "no invoice for this run and tenant"}},
+        responses={**_AUTH, 404: {"description": "no invoice for this run and tenant"}},
     )
     async def tenant_invoice(
-        email: Email, run_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+        email: Email,
+        run_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9-]+$")],
+        caller: CallerDep,
     ) -> Invoice:
+        own(caller, str(email))
         invoice = await invoices.current(run_id)
         if invoice is None or invoice.tenant != str(email):
             raise HTTPException(404, f"no invoice for run {run_id}")
@@ -88,8 +106,15 @@ def billing_router(invoices: InvoiceReader) -> APIRouter:
     return router
 
 
-def create_billing_api(invoices: InvoiceReader, ready: Awaitable[None] | None = None) -> FastAPI:
+def create_billing_api(
+    invoices: InvoiceReader,
+    auth: Authenticator,
+    *,
+    max_body_bytes: int,
+    ready: Awaitable[None] | None = None,
+) -> FastAPI:
     api = FastAPI(title="FaaS on Ray — billing", version="0.1.0")
+    auth.install(api)
     api.include_router(billing_router(invoices))
     api.add_middleware(PrefixRootAsSlash)
 
@@ -99,4 +124,5 @@ def create_billing_api(invoices: InvoiceReader, ready: Awaitable[None] | None = 
 
     if ready is not None:
         readiness_gate(api, ready, "billing")
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: runs first
     return api

@@ -17,6 +17,7 @@ from app.api.common import (
     plain_error,
     readiness_gate,
 )
+from app.api.limits import BodyLimit
 from app.tariffs.repository import TariffConflict, TariffNotFound, TariffRepository
 from app.tariffs.schemas import TariffFields, TariffPatch, TariffView
 
@@ -69,7 +70,11 @@ def tariffs_router(tariffs: TariffRepository, admin_token: str) -> APIRouter:
 
 
 def create_pricing_api(
-    tariffs: TariffRepository, admin_token: str, ready: Awaitable[None] | None = None
+    tariffs: TariffRepository,
+    admin_token: str,
+    *,
+    max_body_bytes: int,
+    ready: Awaitable[None] | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title="FaaS on Ray — tariffs",
@@ -90,4 +95,5 @@ def create_pricing_api(
     api.add_exception_handler(TariffConflict, conflict)
     if ready is not None:
         readiness_gate(api, ready, "pricing")
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: runs first
     return api

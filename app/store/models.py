@@ -156,3 +156,22 @@ class SentMailRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     message_id: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ApiKeyRow(Base):
+    """A tenant's API key. Only the SHA-256 of the secret is kept (docs/SECURITY.md)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    name: Mapped[str] = mapped_column(String(64), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to recognise it
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ux_api_keys_secret_sha256", "secret_sha256", unique=True),
+        Index("ix_api_keys_email", "email", "created_at"),
+    )

@@ -44,9 +44,9 @@ def platform(
     from deployments.apps import platform_apps
 
     home: Path = tmp_path_factory.mktemp(f"home-{request.param}")
-    database_url = (
-        devstack.create_database(postgres_cluster) if request.param == "postgresql" else None
-    )
+    # "sqlite-production" (indirect parametrization): the same platform in production mode.
+    backend, _, mode = request.param.partition("-")
+    database_url = devstack.create_database(postgres_cluster) if backend == "postgresql" else None
     # A topic per deployment keeps the event assertions of the two backends apart.
     topic = f"faas.deployments.{request.param}"
     kafka = {
@@ -60,6 +60,7 @@ def platform(
     smtp_port, mail_dir = devstack.free_port(), home / "mail"
     sink = start_sink("127.0.0.1", smtp_port, mail_dir)  # a real SMTP server (aiosmtpd)
     settings = Settings(
+        mode=mode or "local",
         home=home,
         admin_token=ADMIN_TOKEN,
         database_url=database_url,
