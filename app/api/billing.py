@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Protocol
 
@@ -46,6 +46,16 @@ class TenantBilling(BaseModel):
 
 
 Email = Annotated[EmailStr, Path(description="the tenant's email")]
+# What ClickHouse's DateTime64 can hold; outside it a filter is a client error, not a 5xx.
+_EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(2299, 12, 31, tzinfo=UTC)
+
+
+def _within_range(name: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    if not _EARLIEST <= (value if value.tzinfo else value.replace(tzinfo=UTC)) <= _LATEST:
+        message = "must be between 1900-01-01 and 2299-12-31"
+        raise HTTPException(422, [{"loc": ["query", name], "msg": message, "type": "value_error"}])
 
 
 _AUTH: dict[int | str, dict[str, Any]] = {
@@ -75,6 +85,8 @@ def billing_router(invoices: InvoiceReader) -> APIRouter:
     ) -> TenantBilling:
         """The tenant's current invoices, newest first, with totals per currency."""
         own(caller, str(email))
+        _within_range("from", since)
+        _within_range("to", until)
         page, count, totals = await invoices.for_tenant(
             str(email), since=since, until=until, limit=limit, offset=offset
         )
