@@ -37,13 +37,20 @@ def admin_token() -> str | None:
 
 
 class Api:
-    def __init__(self, url: str, *, admin: bool = False, timeout_s: float = 30) -> None:
+    """``admin``: send the admin token; otherwise the tenant's ``api_key`` if given (local
+    mode needs none, production mode does)."""
+
+    def __init__(
+        self, url: str, *, admin: bool = False, api_key: str | None = None, timeout_s: float = 30
+    ) -> None:
         headers = {}
         if admin:
             token = admin_token()
             if not token:
                 raise ApiError("no admin token: set FAAS_ADMIN_TOKEN (or run `make run` locally)")
             headers["Authorization"] = f"Bearer {token}"
+        elif api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -21,12 +21,20 @@ tariffs = typer.Typer(
     help="Manage tariffs (admin token from FAAS_ADMIN_TOKEN).", no_args_is_help=True
 )
 app.add_typer(tariffs, name="tariffs")
+keys = typer.Typer(
+    help="Tenant API keys (admin token from FAAS_ADMIN_TOKEN).", no_args_is_help=True
+)
+app.add_typer(keys, name="keys")
 out = Console()
 err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8080"
 FINAL = {"succeeded", "failed", "timed_out", "stopped"}
 Url = Annotated[str, typer.Option(envvar="FAAS_URL", help="platform API")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="FAAS_API_KEY", help="tenant API key (needed in production mode)"),
+]
 
 
 @contextmanager
@@ -77,6 +85,7 @@ def run(
     tariff: Annotated[str | None, typer.Option(help="tariff name or id")] = None,
     follow: Annotated[bool, typer.Option(help="wait for the end, printing logs")] = False,
     url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """Run IMAGE for a tenant."""
@@ -89,7 +98,7 @@ def run(
     ):
         if value is not None:
             body[key] = value
-    api = Api(url)
+    api = Api(url, api_key=api_key)
     with _reported():
         accepted = api.call("POST", "/v1/functions/run", json=body)
         if not follow:
@@ -115,10 +124,12 @@ def _follow(api: Api, run_id: str, quiet: bool) -> dict[str, Any]:
 
 
 @app.command()
-def status(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def status(
+    run_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
     """Show a run."""
     with _reported():
-        run = Api(url).call("GET", f"/v1/functions/{run_id}")
+        run = Api(url, api_key=api_key).call("GET", f"/v1/functions/{run_id}")
     _show(run, as_json, _run_table(run))
 
 
@@ -127,9 +138,10 @@ def logs(
     run_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
     url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
 ) -> None:
     """Print a run's stdout and stderr."""
-    api = Api(url)
+    api = Api(url, api_key=api_key)
     with _reported():
         if follow:
             _follow(api, run_id, quiet=False)
@@ -138,18 +150,22 @@ def logs(
 
 
 @app.command()
-def stop(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def stop(
+    run_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
     """Stop a run."""
     with _reported():
-        run = Api(url).call("POST", f"/v1/functions/{run_id}/stop")
+        run = Api(url, api_key=api_key).call("POST", f"/v1/functions/{run_id}/stop")
     _show(run, as_json, _run_table(run))
 
 
 @app.command()
-def bills(email: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def bills(
+    email: str, url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
     """A tenant's invoices and totals."""
     with _reported():
-        billing = Api(url).call("GET", f"/billing/{email}")
+        billing = Api(url, api_key=api_key).call("GET", f"/billing/{email}")
     table = Table(title=f"{billing['tenant']}: {billing['count']} invoice(s)")
     for column in ("finished", "run", "image", "tariff", "cpu-s", "GiB-s", "total"):
         table.add_column(
@@ -225,6 +241,44 @@ def tariffs_delete(ref: str, url: Url = DEFAULT_URL) -> None:
     with _reported():
         Api(url, admin=True).call("DELETE", f"/v1/tariffs/{ref}")
     out.print(f"deleted {ref}")
+
+
+@keys.command("issue")
+def keys_issue(
+    email: str,
+    name: Annotated[str, typer.Option(help="a label, e.g. where the key is used")] = "",
+    url: Url = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Issue an API key for tenant EMAIL. The secret is printed once: store it now."""
+    with _reported():
+        issued = Api(url, admin=True).call("POST", f"/v1/tenants/{email}/keys", json={"name": name})
+    if as_json:
+        _show(issued, True)
+    else:
+        out.print(f"{issued['id']}  {issued['key']}")
+        err.print("the key is shown only now; send it as FAAS_API_KEY / --api-key")
+
+
+@keys.command("list")
+def keys_list(email: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Tenant EMAIL's keys (never the secrets)."""
+    with _reported():
+        items = Api(url, admin=True).call("GET", f"/v1/tenants/{email}/keys")
+    table = Table()
+    for column in ("id", "prefix", "name", "created_at", "revoked_at"):
+        table.add_column(column)
+    for k in items:
+        table.add_row(k["id"], f"{k['prefix']}…", k["name"], k["created_at"], k["revoked_at"] or "")
+    _show(items, as_json, table)
+
+
+@keys.command("revoke")
+def keys_revoke(email: str, key_id: str, url: Url = DEFAULT_URL) -> None:
+    """Revoke tenant EMAIL's key KEY_ID at once."""
+    with _reported():
+        Api(url, admin=True).call("DELETE", f"/v1/tenants/{email}/keys/{key_id}")
+    out.print(f"revoked {key_id}")
 
 
 @app.command()

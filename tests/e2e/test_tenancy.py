@@ -3,6 +3,7 @@ admin; one tenant cannot see or touch another's runs, logs or invoices."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -134,3 +135,34 @@ def test_keys_are_admin_only_listed_without_secrets_and_revocable(platform: Plat
     assert http.get(f"/billing/{email}", headers=bearer(key)).status_code == 401
     other = http.delete(f"/v1/tenants/{A}/keys/{key['id']}", headers=platform.admin)
     assert other.status_code == 404  # a key is revoked through its own tenant only
+
+
+def test_cli_issues_uses_and_revokes_a_key(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import app
+    from tests.e2e.conftest import ADMIN_TOKEN
+
+    url, email = str(platform.http.base_url).rstrip("/"), "tenant-cli@example.com"
+    runner = CliRunner()
+    monkeypatch.setenv("FAAS_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.delenv("FAAS_API_KEY", raising=False)
+    issued = runner.invoke(app, ["keys", "issue", email, "--name", "cli", "--json", "--url", url])
+    assert issued.exit_code == 0, issued.output
+    key = json.loads(issued.output)
+    no_key = runner.invoke(app, ["bills", email, "--json", "--url", url])
+    assert no_key.exit_code == 2 and "401" in no_key.output  # production mode
+    with_key = runner.invoke(app, ["bills", email, "--json", "--url", url, "--api-key", key["key"]])
+    assert with_key.exit_code == 0 and json.loads(with_key.output)["tenant"] == email
+    monkeypatch.setenv("FAAS_API_KEY", key["key"])
+    assert runner.invoke(app, ["bills", email, "--url", url]).exit_code == 0
+    foreign = runner.invoke(app, ["bills", A, "--url", url])
+    assert foreign.exit_code == 2 and "403" in foreign.output
+    listed = runner.invoke(app, ["keys", "list", email, "--json", "--url", url])
+    assert listed.exit_code == 0 and key["key"] not in listed.output
+    assert [k["id"] for k in json.loads(listed.output)] == [key["id"]]
+    assert runner.invoke(app, ["keys", "revoke", email, key["id"], "--url", url]).exit_code == 0
+    revoked = runner.invoke(app, ["bills", email, "--url", url])
+    assert revoked.exit_code == 2 and "401" in revoked.output
