@@ -10,6 +10,8 @@ from app.runtime.isolation import Isolation
 from app.schemas import RunStatus, StopReason
 from app.settings import RuntimeSettings
 
+pytestmark = pytest.mark.hostile
+
 
 @pytest.mark.parametrize("image_user", [None, "", "root", "0", "0:0", " root:root "])
 def test_root_or_unset_image_user_runs_as_the_fallback(image_user: str | None) -> None:
