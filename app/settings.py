@@ -152,6 +152,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _local_mode_only_on_loopback(self) -> Settings:
+        # Local mode trusts callers without credentials: only the machine itself may call.
+        if self.mode == "local" and self.http.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                f"FAAS_HTTP_HOST={self.http.host}: local mode trusts anonymous callers and "
+                "must listen on loopback only; use FAAS_MODE=production to serve a network"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholder_secrets_outside_local(self) -> Settings:
         if self.mode == "local":
             return self

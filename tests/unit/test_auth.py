@@ -66,3 +66,17 @@ def test_keys_are_random_prefixed_and_hashed() -> None:
 def test_an_authenticator_needs_a_token_and_a_lookup() -> None:
     with pytest.raises(ValueError):
         Authenticator("", Keys(), trust_anonymous=True)
+
+
+def test_local_mode_refuses_to_listen_beyond_loopback() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    assert Settings(mode="local", http={"host": "127.0.0.1"}).mode == "local"
+    with pytest.raises(ValidationError, match="loopback"):
+        Settings(mode="local", http={"host": "0.0.0.0"})
+    served = Settings(
+        mode="production", http={"host": "0.0.0.0"}, admin_token="t", meter={"secret": "s"}
+    )
+    assert served.http.host == "0.0.0.0"
