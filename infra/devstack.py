@@ -66,13 +66,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def spawn(name: str, argv: list[str], state: Path, env: dict[str, str] | None = None) -> int:
+def spawn(
+    name: str,
+    argv: list[str],
+    state: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
     """Start ``argv`` in its own session, logging to ``state/<name>.log``; writes a pid file."""
     state.mkdir(parents=True, exist_ok=True)
     log = (state / f"{name}.log").open("ab")
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})}, start_new_session=True,
+        env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
     )  # fmt: skip
     (state / f"{name}.pid").write_text(str(process.pid))
     return process.pid
@@ -180,7 +186,9 @@ def start_podman_service(state: Path, socket_path: Path) -> int:
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     socket_path.unlink(missing_ok=True)
     argv = ["podman", "system", "service", "--time=0", f"unix://{socket_path}"]
-    pid = spawn("podman", argv, state, podman_env())
+    # conmon drops an empty `oom` marker file into its working directory on an OOM kill:
+    # keep it in the state directory, not in whatever directory started the service.
+    pid = spawn("podman", argv, state, podman_env(), cwd=state)
     wait_for_path(socket_path, 30, "podman system service")
     return pid
 
