@@ -13,17 +13,16 @@ import socket
 import time
 import uuid
 
-from app.kafka import ensure_topics
+from app.kafka import KafkaEventPublisher, ensure_topics
 from app.settings import Settings
 from infra import devstack
 from meter.protocol import MessageKind, MeterMessage, encode
-from meter.records import KafkaSink
-from meter.server import RECEIVE_BUFFER, MeterServer
+from meter.server import PRODUCE_BATCH_BYTES, RECEIVE_BUFFER, MeterServer
 
 SECRET = b"bench-secret"
 
 
-def datagrams(count: int, runs: int = 500) -> list[bytes]:
+def datagrams(count: int, runs: int = 500, first_seq: int = 1) -> list[bytes]:
     return [
         encode(
             MeterMessage(
@@ -31,7 +30,7 @@ def datagrams(count: int, runs: int = 500) -> list[bytes]:
                 node="bench",
                 run_id=f"run-{i % runs}",
                 tenant="b@example.com",
-                seq=i // runs + 1,
+                seq=first_seq + i // runs,
                 time_unix_ns=1_800_000_000_000_000_000 + i,
                 cpu_ns=i,
                 memory_bytes=1 << 26,
@@ -81,7 +80,11 @@ def bare_ceiling(payload: list[bytes]) -> float:
     return received / max(last - first, 1e-9)
 
 
-async def _server_run(bootstrap: str, payload: list[bytes], rate: float | None) -> dict[str, float]:
+async def _server_run(
+    bootstrap: str, payload: list[bytes], rate: float | None, warmup: list[bytes] = ()
+) -> dict[str, float]:
+    """``warmup`` (one datagram per run, sent slowly and not counted) puts the server in the
+    steady state of a long-lived run: its identity is known, its first datagram decoded."""
     settings = Settings(
         kafka={"bootstrap": bootstrap, "metrics_topic": f"bench-m-{uuid.uuid4().hex[:8]}"},
         meter={
@@ -91,9 +94,16 @@ async def _server_run(bootstrap: str, payload: list[bytes], rate: float | None) 
         },
     )  # type: ignore[arg-type]
     await ensure_topics(settings.kafka)
-    publisher = KafkaSink(settings.kafka)  # the producer `python -m meter server` uses
+    publisher = KafkaEventPublisher(settings.kafka, max_batch_bytes=PRODUCE_BATCH_BYTES)
     server = MeterServer(settings.meter, settings.kafka, publisher)
     await server.start(log_every_s=3600)
+    if warmup:
+        await asyncio.to_thread(_sender(settings.meter.port, list(warmup), 20_000).join)
+        for _ in range(100):
+            if server.counters.produced >= len(warmup):
+                break
+            await asyncio.sleep(0.1)
+    before = server.counters.accepted, server.counters.produced
     start = time.perf_counter()
     sender = _sender(settings.meter.port, payload, rate)
     await asyncio.to_thread(sender.join)
@@ -103,26 +113,32 @@ async def _server_run(bootstrap: str, payload: list[bytes], rate: float | None) 
             break
         await asyncio.sleep(0.1)
     produced_s = time.perf_counter() - start
-    counters = server.counters
+    accepted = server.counters.accepted - before[0]
+    produced = server.counters.produced - before[1]
     await server.stop()
     await publisher.close()
     return {
         "offered_per_s": len(payload) / sent_s,
-        "accepted_per_s": counters.accepted / sent_s,
-        "produced_per_s": counters.produced / produced_s,
-        "loss": 1 - counters.accepted / len(payload),
+        "accepted_per_s": accepted / sent_s,
+        "produced_per_s": produced / produced_s,
+        "loss": 1 - accepted / len(payload),
     }
 
 
-def measure(bootstrap: str, count: int = 300_000) -> dict[str, object]:
-    payload = datagrams(count)
+def measure(bootstrap: str, count: int = 300_000, runs: int = 500) -> dict[str, object]:
+    """``runs`` sets how many samples of one run a flush can pack into one Kafka record:
+    500 runs at these rates is ~200 samples/s per run; 25,000 runs is 4 Hz each, the
+    agent's default interval, where a 100 ms flush holds about one sample per run."""
+    payload = datagrams(count, runs)
+    warmup = datagrams(runs, runs, first_seq=0)
     ceiling = bare_ceiling(payload)
     return {
         "datagrams": count,
+        "runs": runs,
         "bare_recv_per_s": ceiling,
-        "full_speed": asyncio.run(_server_run(bootstrap, payload, None)),
-        "at_50pct_ceiling": asyncio.run(_server_run(bootstrap, payload, ceiling * 0.5)),
-        "at_90pct_ceiling": asyncio.run(_server_run(bootstrap, payload, ceiling * 0.9)),
+        "full_speed": asyncio.run(_server_run(bootstrap, payload, None, warmup)),
+        "at_50pct_ceiling": asyncio.run(_server_run(bootstrap, payload, ceiling * 0.5, warmup)),
+        "at_90pct_ceiling": asyncio.run(_server_run(bootstrap, payload, ceiling * 0.9, warmup)),
         # The issue's own point: loss at half its 100,000/s target.
-        "at_50k_per_s": asyncio.run(_server_run(bootstrap, payload, 50_000)),
+        "at_50k_per_s": asyncio.run(_server_run(bootstrap, payload, 50_000, warmup)),
     }

@@ -1,19 +1,13 @@
-"""What the meter server counts, the Kafka record each accepted datagram becomes, and
-the producer that delivers them."""
+"""What the meter server counts and the Kafka records accepted datagrams become."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
 from app.events import EVENT_VERSION, NodeEvent
-from app.settings import KafkaSettings
 from meter.protocol import DropReason, MessageKind, MeterMessage
 
 
@@ -110,53 +104,3 @@ def pack_by_key(
         for key, values in lines.items()
         for start in range(0, len(values), max_lines)
     ]
-
-
-class KafkaSink:
-    """The meter server's ``EventPublisher``: one idempotent producer, acks=all, records
-    partitioned by key (run id) as Kafka's default partitioner does. Its 256 KiB batches
-    carry ~60k samples/s on one broker; 16 KiB batches stopped at ~9k/s."""
-
-    def __init__(self, settings: KafkaSettings, max_batch_bytes: int = 256 * 1024) -> None:
-        if settings is None:
-            raise ValueError("settings are required")
-        self._settings = settings
-        self._max_batch_bytes = max_batch_bytes
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
-
-    async def _started(self) -> AIOKafkaProducer:
-        async with self._lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._settings.bootstrap,
-                    client_id=f"{self._settings.client_id}-meter",
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=5,
-                    max_batch_size=self._max_batch_bytes,
-                    request_timeout_ms=15_000,
-                )
-                try:
-                    await producer.start()
-                except KafkaError:
-                    await producer.stop()
-                    raise
-                self._producer = producer
-            return self._producer
-
-    async def publish(self, topic: str, messages: list[tuple[str, bytes]]) -> None:
-        """Returns once the broker has every message durably (acks=all)."""
-        producer = await self._started()
-        try:
-            futures = [await producer.send(topic, value, key.encode()) for key, value in messages]
-            await asyncio.gather(*futures)
-        except KafkaError:
-            await self.close()  # reconnect from scratch on the next attempt
-            raise
-
-    async def close(self) -> None:
-        async with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
