@@ -108,3 +108,27 @@ async def test_a_function_cannot_see_another_functions_env(control: ControlPlane
         stopped = await control.stop(holder.id)
     assert stopped.status == RunStatus.STOPPED
     assert f"API_SECRET={secret}" in await control.logs(holder.id)
+
+
+async def test_limits_are_set_even_when_the_request_names_none(
+    control: ControlPlane, podman_url: str
+) -> None:
+    import docker
+
+    bare = RunRequest(image_name="localhost/faas-echo", email="iso@example.com")
+    run = await control.submit(bare)
+    try:
+        assert run.container_id is not None
+        client = docker.DockerClient(base_url=podman_url, version="1.41")
+        host = client.api.inspect_container(run.container_id)["HostConfig"]
+        client.close()
+        limits = control.limits
+        assert host["NanoCpus"] == int(limits.default_cpu * 1e9)
+        assert host["Memory"] == limits.default_memory_mb * 2**20
+        assert host["MemorySwap"] == host["Memory"]  # no swap beyond the limit
+        assert host["PidsLimit"] == limits.pids_limit
+        assert host["ReadonlyRootfs"] is True
+        assert "no-new-privileges" in " ".join(host.get("SecurityOpt") or [])
+        assert (await control.get(run.id)).timeout_s == limits.default_timeout_s
+    finally:
+        await control.stop(run.id)
