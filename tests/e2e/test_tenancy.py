@@ -51,6 +51,8 @@ def test_production_mode_needs_credentials(platform: Platform) -> None:
         assert response.headers["www-authenticate"].startswith("Bearer"), path
     body = {"image_name": "localhost/faas-echo", "email": A}
     assert http.post("/v1/functions/run", json=body).status_code == 401
+    for open_path in ("/healthz", "/openapi.json", "/billing/openapi.json"):
+        assert http.get(open_path).status_code == 200, open_path  # no tenant data there
     forged = {"Authorization": "Bearer faas_forged-key-that-was-never-issued"}
     response = http.get(f"/v1/functions?email={A}", headers=forged)
     assert response.status_code == 401
