@@ -12,7 +12,7 @@ from pydantic import BaseModel, EmailStr
 
 from app.api.auth import Authenticator, Caller, CallerDep, forbidden
 from app.api.common import PrefixRootAsSlash, readiness_gate
-from app.api.limits import BodyLimit
+from app.api.input_guard import InputGuard
 from app.invoices import Invoice, Money
 
 
@@ -136,5 +136,5 @@ def create_billing_api(
 
     if ready is not None:
         readiness_gate(api, ready, "billing")
-    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: runs first
+    api.add_middleware(InputGuard, max_bytes=max_body_bytes)  # added last: runs first
     return api

@@ -11,8 +11,8 @@ from pydantic import EmailStr
 
 from app.api.auth import Authenticator, Caller, CallerDep, forbidden
 from app.api.common import JsonBodyRoute, field_error, plain_error, readiness_gate
+from app.api.input_guard import InputGuard
 from app.api.keys import keys_router
-from app.api.limits import BodyLimit
 from app.control import ControlPlane, FieldError, RunConflict, RunNotFound
 from app.runtime import ImageNotFound, RuntimeError_, RuntimeUnavailable
 from app.schemas import RunAccepted, RunRequest, RunView
@@ -143,7 +143,7 @@ def create_functions_api(
     install_error_handlers(api)
     if ready is not None:
         readiness_gate(api, ready, "control plane")
-    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: runs first
+    api.add_middleware(InputGuard, max_bytes=max_body_bytes)  # added last: runs first
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

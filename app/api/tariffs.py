@@ -17,7 +17,7 @@ from app.api.common import (
     plain_error,
     readiness_gate,
 )
-from app.api.limits import BodyLimit
+from app.api.input_guard import InputGuard
 from app.tariffs.repository import TariffConflict, TariffNotFound, TariffRepository
 from app.tariffs.schemas import TariffFields, TariffPatch, TariffView
 
@@ -95,5 +95,5 @@ def create_pricing_api(
     api.add_exception_handler(TariffConflict, conflict)
     if ready is not None:
         readiness_gate(api, ready, "pricing")
-    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # added last: runs first
+    api.add_middleware(InputGuard, max_bytes=max_body_bytes)  # added last: runs first
     return api

@@ -56,7 +56,9 @@ class TariffRepository:
     @staticmethod
     def _find(session: Session, ref: str, *, live_only: bool) -> TariffRow:
         query = select(TariffRow)
-        if ref.isdigit():
+        # ASCII digits only ("²".isdigit() is true) and within the id column (32-bit on
+        # PostgreSQL), so a hostile ref is "not found" instead of an overflow in the driver.
+        if ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) < 2**31:
             query = query.where(TariffRow.id == int(ref))
         else:
             query = query.where(TariffRow.name == ref, TariffRow.deleted_at.is_(None))

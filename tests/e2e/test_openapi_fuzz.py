@@ -147,3 +147,27 @@ def test_local_mode_trusts_the_anonymous_caller_but_checks_a_presented_key(
     forged = {"Authorization": "Bearer faas_not-a-key"}
     assert http.get(f"/v1/functions?email={email}", headers=forged).status_code == 401
     assert http.get(f"/v1/tenants/{email}/keys").status_code == 401  # admin routes stay admin
+
+
+def test_nul_characters_and_overflowing_ids_are_client_errors(platform: Platform) -> None:
+    http, admin = platform.http, platform.admin
+    body = {"image_name": "localhost/faas-echo", "email": "a@example.com", "env": {"K": "v\x00"}}
+    response = http.post("/v1/functions/run", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == [
+        "body",
+        "env",
+        "K",
+    ]
+    assert http.get("/v1/functions/%00").status_code == 422
+    assert http.get("/v1/functions", params={"email": "a\x00@example.com"}).status_code == 422
+    named = http.post("/v1/tariffs", json={"name": "n\x00", "currency": "EUR"}, headers=admin)
+    assert named.status_code == 422 and named.json()["detail"][0]["loc"] == ["body", "name"]
+    for ref in ("2147483648", "9" * 40, "%C2%B2"):  # beyond the id column; a superscript digit
+        assert http.get(f"/v1/tariffs/{ref}", headers=admin).status_code == 404, ref
+    overflowing = {
+        "image_name": "localhost/faas-echo",
+        "email": "a@example.com",
+        "tariff": "9" * 30,
+    }
+    response = http.post("/v1/functions/run", json=overflowing)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "tariff"]

@@ -1,4 +1,4 @@
-"""The body-size middleware over a recording ASGI app (no server needed)."""
+"""The input guard middleware over a recording ASGI app (no server needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.api.limits import BodyLimit
+from app.api.input_guard import InputGuard, nul_field
 
 pytestmark = pytest.mark.hostile
 
@@ -32,7 +32,7 @@ class Recorder:
 
 
 async def call(
-    headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+    headers: list[tuple[bytes, bytes]], chunks: list[bytes], path: str = "/", query: bytes = b""
 ) -> tuple[Recorder, list[Any], int]:
     app, sent, pulled = Recorder(), [], 0
     messages = [
@@ -48,8 +48,11 @@ async def call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
-    await BodyLimit(app, LIMIT)(scope, receive, send)
+    scope = {
+        "type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+        "query_string": query, "headers": headers,
+    }  # fmt: skip
+    await InputGuard(app, LIMIT)(scope, receive, send)
     return app, sent, pulled
 
 
@@ -70,3 +73,36 @@ async def test_streamed_body_is_cut_off_as_soon_as_it_passes_the_limit() -> None
 async def test_bodies_within_the_limit_reach_the_app_whole() -> None:
     app, sent, _ = await call([(b"content-length", b"1024")], [b"x" * 512, b"y" * 512])
     assert app.called and sent[0]["status"] == 200 and sent[1]["body"] == b"1024"
+
+
+def detail(sent: list[Any]) -> Any:
+    return json.loads(sent[1]["body"])["detail"]
+
+
+async def test_nul_in_a_json_field_is_refused_naming_the_field() -> None:
+    body = json.dumps({"email": "a@b.c", "env": {"K": "v\x00"}}).encode()
+    app, sent, _ = await call([], [body])
+    assert not app.called and sent[0]["status"] == 422
+    assert detail(sent)[0]["loc"] == ["body", "env", "K"]
+    raw = b'{"tariff": "x\x00"}'  # a raw NUL is not even JSON: refused all the same
+    app, sent, _ = await call([], [raw])
+    assert not app.called and sent[0]["status"] == 422 and detail(sent)[0]["loc"] == ["body"]
+
+
+async def test_nul_in_path_or_query_is_refused() -> None:
+    app, sent, _ = await call([], [b""], path="/v1/functions/%00")
+    assert not app.called and detail(sent)[0]["loc"] == ["path"]
+    app, sent, _ = await call([], [b""], query=b"email=a%00@b.c")
+    assert not app.called and detail(sent)[0]["loc"] == ["query"]
+
+
+async def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    body = json.dumps({"command": ["printf", "\\u0000"]}).encode()
+    app, sent, _ = await call([], [body])
+    assert app.called and sent[0]["status"] == 200
+
+
+def test_nul_field_walks_lists_dicts_and_keys() -> None:
+    assert nul_field({"a": [1, {"b": "x\x00"}]}) == ("a", 1, "b")
+    assert nul_field({"k\x00": 1}) == ("k\x00",)
+    assert nul_field({"a": [1, 2.5, None, True]}) is None
