@@ -94,8 +94,8 @@ class InputGuard:
 def _where_in(body: bytes) -> tuple[str | int, ...]:
     try:
         return nul_field(json.loads(body)) or ()
-    except ValueError:
-        return ()  # not JSON: the route will say so; the NUL is refused first
+    except (ValueError, RecursionError):
+        return ()  # not JSON (or absurdly nested): the NUL is refused all the same
 
 
 async def _nul(send: Any, loc: tuple[str | int, ...]) -> None:

@@ -106,3 +106,22 @@ def test_nul_field_walks_lists_dicts_and_keys() -> None:
     assert nul_field({"a": [1, {"b": "x\x00"}]}) == ("a", 1, "b")
     assert nul_field({"k\x00": 1}) == ("k\x00",)
     assert nul_field({"a": [1, 2.5, None, True]}) is None
+
+
+async def test_a_deeply_nested_body_with_a_nul_is_still_a_client_error() -> None:
+    deep = b"[" * 100_000 + b'"\\u0000"' + b"]" * 100_000
+    app = Recorder()
+    big = InputGuard(app, 10 * len(deep))
+    messages = [{"type": "http.request", "body": deep, "more_body": False}]
+    out: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        out.append(message)
+
+    scope = {"type": "http", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+    await big(scope, receive, send)
+    assert not app.called
+    assert out[0]["status"] == 422 and detail(out)[0]["loc"] == ["body"]
