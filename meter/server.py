@@ -45,7 +45,9 @@ STOP_FLUSH_S = 10.0  # how long stop() tries to hand the buffer to Kafka
 RECEIVE_BUFFER = 8 * 1024 * 1024  # bursts queue in the kernel, not on the floor
 DRAIN_BATCH = 512  # datagrams read per wake-up before the loop serves other tasks
 DROP_LOG_EVERY_S = 10.0
-PRODUCE_BATCH_BYTES = 256 * 1024  # per partition; 16 KiB (aiokafka default) cost ~4x the CPU per sample
+PRODUCE_BATCH_BYTES = (
+    256 * 1024
+)  # per partition; 16 KiB (aiokafka default) cost ~4x the CPU per sample
 
 
 class MeterServer(asyncio.DatagramProtocol):

@@ -128,7 +128,8 @@ async def test_flood_is_counted_and_valid_samples_land(
         async with httpx.AsyncClient() as http:
             for _ in range(100):
                 counters = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics.json")).json()
-                if counters["received"] >= sent and counters["buffered"] == 0:
+                done = counters["received"] >= sent and counters["buffered"] == 0
+                if done and counters["produced"] == counters["accepted"]:  # in flight too
                     break
                 await asyncio.sleep(0.1)
         assert server.returncode is None, "the meter server died under the flood"
