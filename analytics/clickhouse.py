@@ -17,6 +17,10 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 
+class ClickHouseUnavailable(Exception):
+    """ClickHouse cannot be reached or opened right now; the caller may retry later."""
+
+
 class ClickHouse(Protocol):
     async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None: ...
 

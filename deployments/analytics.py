@@ -17,7 +17,7 @@ from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
 from analytics.invoicing import RunSamples
 from app.api.auth import authenticator_for
-from app.api.billing import create_billing_api
+from app.api.billing import InvoicesUnavailable, create_billing_api
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.mail.ledger import MailLedger
 from app.mail.notifier import Notifier, SmtpMailer
@@ -150,10 +150,22 @@ class _WhenReady:
         self._store = store
 
     async def for_tenant(self, tenant: str, **kwargs: Any) -> Any:
-        return await (await self._store).for_tenant(tenant, **kwargs)
+        try:
+            return await (await self._store).for_tenant(tenant, **kwargs)
+        except Exception as exc:  # ClickHouse (or its owner replica) away: 503, not 500
+            raise InvoicesUnavailable(_short(exc)) from exc
 
     async def current(self, run_id: str) -> Any:
-        return await (await self._store).current(run_id)
+        try:
+            return await (await self._store).current(run_id)
+        except Exception as exc:
+            raise InvoicesUnavailable(_short(exc)) from exc
+
+
+def _short(exc: Exception) -> str:
+    """The error's last line: a Ray error carries the whole remote traceback before it."""
+    lines = str(exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[-1][:300]}"
 
 
 def build(settings: Settings) -> Application:

@@ -7,13 +7,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr
 
 from app.api.auth import Authenticator, Caller, CallerDep, forbidden
-from app.api.common import PrefixRootAsSlash, readiness_gate
+from app.api.common import PrefixRootAsSlash, plain_error, readiness_gate
 from app.api.input_guard import InputGuard
 from app.invoices import Invoice, Money
+
+
+class InvoicesUnavailable(Exception):
+    """The invoice store cannot answer right now (answered with 503, retry later)."""
 
 
 class InvoiceReader(Protocol):
@@ -129,6 +134,10 @@ def create_billing_api(
     auth.install(api)
     api.include_router(billing_router(invoices))
     api.add_middleware(PrefixRootAsSlash)
+
+    @api.exception_handler(InvoicesUnavailable)
+    async def unavailable(request: Request, exc: InvoicesUnavailable) -> JSONResponse:
+        return plain_error(f"invoices unavailable, try again later ({exc})", 503)
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,12 +8,31 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from app.mail.sink import start_sink
 from app.settings import Settings
 from infra import devstack
 
 ADMIN_TOKEN = "e2e-admin-token"
+
+
+class SmtpSink:
+    """The platform's SMTP server (aiosmtpd); the fault tests stop and start it again."""
+
+    def __init__(self, port: int, mail_dir: Path) -> None:
+        self.port, self.mail_dir = port, mail_dir
+        self._controller: Controller | None = None
+        self.start()
+
+    def start(self) -> None:
+        if self._controller is None:
+            self._controller = start_sink("127.0.0.1", self.port, self.mail_dir)
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            controller, self._controller = self._controller, None
+            controller.stop()
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,8 @@ class Platform:
     database: str
     mail_dir: Path
     settings: Settings
+    smtp: SmtpSink
+    meter_env: dict[str, str]  # how the meter server and agent were started (restartable)
 
     @property
     def admin(self) -> dict[str, str]:
@@ -58,7 +79,7 @@ def platform(
     }
     meter_port, meter_metrics_port = devstack.free_port(), devstack.free_port()
     smtp_port, mail_dir = devstack.free_port(), home / "mail"
-    sink = start_sink("127.0.0.1", smtp_port, mail_dir)  # a real SMTP server (aiosmtpd)
+    sink = SmtpSink(smtp_port, mail_dir)  # a real SMTP server (aiosmtpd)
     settings = Settings(
         mode=mode or "local",
         home=home,
@@ -86,7 +107,9 @@ def platform(
         serve.run(app.app, name=app.name, route_prefix=app.route_prefix)
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30)
     try:
-        yield Platform(client, kafka_bootstrap, topic, request.param, mail_dir, settings)
+        yield Platform(
+            client, kafka_bootstrap, topic, request.param, mail_dir, settings, sink, meter_env
+        )
     finally:
         client.close()
         for app in apps:
