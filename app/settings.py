@@ -59,6 +59,9 @@ class SmtpSettings(BaseModel):
     starttls: bool = False
     sender: str = "billing@faas.local"
     mail_dir: Path | None = None  # where the local sink writes .eml files
+    # Attempts per email before it is dead-lettered. Backoff doubles from 0.5 s up to 30 s,
+    # so 12 attempts ride out a relay outage of ~3 minutes (5 gave up after ~7 s).
+    max_attempts: int = Field(default=12, ge=1)
 
 
 class RuntimeSettings(BaseModel):
@@ -75,6 +78,7 @@ class RuntimeSettings(BaseModel):
     max_env_bytes: int = Field(default=32 * 1024, ge=0)
     stop_grace_s: int = Field(default=2, ge=0)
     reconcile_interval_s: float = Field(default=0.5, gt=0)
+    lost_after_s: float = Field(default=30.0, gt=0)  # runtime unreachable this long: runs failed
     log_tail_bytes: int = Field(default=256 * 1024, ge=1024)
     # Isolation of every function container (docs/SECURITY.md).
     run_as_user: str = "65534:65534"  # when the image names no non-root user; "" = image's

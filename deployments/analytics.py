@@ -106,7 +106,7 @@ class NotifierDeployment(_Worker):
             await ensure_topics(settings.kafka, f"{settings.kafka.invoices_topic}.dlq")
             self.notifier = Notifier(
                 settings.kafka, settings.smtp, MailLedger(engine), SmtpMailer(settings.smtp),
-                KafkaEventPublisher(settings.kafka),
+                KafkaEventPublisher(settings.kafka), max_attempts=settings.smtp.max_attempts,
             )  # fmt: skip
             return self.notifier
 

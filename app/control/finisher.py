@@ -73,9 +73,14 @@ class Finisher:
         reason: StopReason,
         message: str | None,
         state: ContainerState | None = None,
+        *,
+        reach_runtime: bool = True,
     ) -> bool:
+        """Commit the final state and the ``stopped`` event. ``reach_runtime=False`` closes a
+        run whose runtime is gone: no logs or exit code, and the container, if it is still
+        there, is removed once the runtime is back (the reconciler's leftovers)."""
         logs = None
-        if run.container_id is not None:
+        if run.container_id is not None and reach_runtime:
             logs = await self._runtime.logs(run.container_id, self._limits.log_tail_bytes)
             if state is None:
                 state = await self._runtime.inspect(run.container_id)
@@ -102,6 +107,6 @@ class Finisher:
         won = await asyncio.to_thread(self._runs.finish, run.id, finish, outgoing)
         if won:
             self._on_commit()
-        if run.container_id is not None:
+        if run.container_id is not None and reach_runtime:
             await self._runtime.remove(run.container_id)
         return won

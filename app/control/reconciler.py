@@ -14,11 +14,32 @@ log = logging.getLogger(__name__)
 STALE_PENDING = timedelta(seconds=120)  # a submit that crashed between insert and start
 
 
+def runtime_lost(unreachable_since: datetime | None, now: datetime, after_s: float) -> bool:
+    """Whether the runtime has been unreachable long enough to give its runs up."""
+    return unreachable_since is not None and (now - unreachable_since).total_seconds() >= after_s
+
+
 class Reconciler:
     def __init__(self, control: ControlPlane) -> None:
         if control is None:
             raise ValueError("control is required")
         self._control = control
+        self.unreachable_since: datetime | None = None
+
+    async def fail_lost_runs(self, since: datetime) -> int:
+        """The runtime is gone: its running runs end ``failed`` (billed for the samples they
+        had) instead of hanging; returns how many were closed."""
+        control, closed = self._control, 0
+        lost_s = (datetime.now(UTC) - since).total_seconds()
+        message = f"runtime_lost: the container runtime has been unreachable for {lost_s:.0f}s"
+        for run in await asyncio.to_thread(control.runs.active):
+            if run.status != RunStatus.RUNNING or run.id in control.finisher.closing:
+                continue
+            if await control.finisher.finish(
+                run, RunStatus.FAILED, StopReason.FAILED, message, reach_runtime=False
+            ):
+                closed += 1
+        return closed
 
     async def reconcile_once(self) -> None:
         control = self._control
@@ -61,13 +82,23 @@ class Reconciler:
                 await self._control.runtime.remove(container.container_id)
 
     async def run_forever(self, interval_s: float) -> None:
+        lost_after_s = self._control.limits.lost_after_s
         while True:
             try:
                 await self.reconcile_once()
+                self.unreachable_since = None
             except asyncio.CancelledError:
                 raise
             except RuntimeUnavailable as exc:
                 log.warning("reconciler: runtime unavailable: %s", exc)
+                now = datetime.now(UTC)
+                self.unreachable_since = self.unreachable_since or now
+                if runtime_lost(self.unreachable_since, now, lost_after_s):
+                    try:
+                        if closed := await self.fail_lost_runs(self.unreachable_since):
+                            log.warning("reconciler: runtime lost, %d runs failed", closed)
+                    except Exception:  # the store may be away too: the next pass retries
+                        log.exception("reconciler: closing the runs of a lost runtime failed")
             except Exception:
                 log.exception("reconciler pass failed; retrying")
             await asyncio.sleep(interval_s)

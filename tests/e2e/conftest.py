@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,6 +52,12 @@ class Platform:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.fixture(scope="module")
+def runtime_overrides() -> dict[str, Any]:
+    """Runtime settings a module changes for its platform (the fault tests shorten waits)."""
+    return {}
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def platform(
     request: pytest.FixtureRequest,
@@ -59,6 +66,7 @@ def platform(
     kafka_bootstrap: str,
     podman_url: str,
     postgres_cluster: str,
+    runtime_overrides: dict[str, Any],
 ) -> Iterator[Platform]:
     from ray import serve
 
@@ -88,7 +96,8 @@ def platform(
         kafka=kafka,
         meter={"port": meter_port, "metrics_port": meter_metrics_port, "secret": "e2e-meter"},
         smtp={"port": smtp_port, "mail_dir": mail_dir},
-        runtime={"docker_url": podman_url, "stop_grace_s": 1, "reconcile_interval_s": 0.3},
+        runtime={"docker_url": podman_url, "stop_grace_s": 1, "reconcile_interval_s": 0.3}
+        | runtime_overrides,
     )
     # The meter server and agent run as in `make run`: separate processes, same settings.
     meter_env = {

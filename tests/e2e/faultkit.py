@@ -203,3 +203,13 @@ async def assert_billed_from_distinct_samples(run: dict[str, Any], invoice: dict
     # Physics: a quarter core cannot burn more than a quarter of the wall time.
     assert float(lines["cpu"]) <= 0.25 * wall * 1.1 + 0.05, (run["id"], lines["cpu"], wall)
     return len(samples)
+
+
+async def assert_exactly_once(platform: Platform, tenant: str, run_ids: list[str]) -> None:
+    """Every run finished, invoiced once, billed from its distinct samples, emailed once."""
+    runs = wait_finished(platform, run_ids, timeout_s=60)
+    invoices = invoices_listed(platform, tenant, run_ids, timeout_s=90)
+    await assert_one_invoice_each(tenant, invoices)
+    for run in runs:
+        await assert_billed_from_distinct_samples(run, invoices[run["id"]])
+    await assert_one_email_each(platform, tenant, invoices, timeout_s=60)

@@ -16,10 +16,7 @@ import pytest
 from infra import devstack
 from tests.e2e.conftest import Platform
 from tests.e2e.faultkit import (
-    assert_billed_from_distinct_samples,
-    assert_one_email_each,
-    assert_one_invoice_each,
-    invoices_listed,
+    assert_exactly_once,
     kill_replica,
     new_tenant,
     submit,
@@ -28,15 +25,6 @@ from tests.e2e.faultkit import (
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.parametrize("platform", ["sqlite"], indirect=True)]
-
-
-async def assert_exactly_once(platform: Platform, tenant: str, run_ids: list[str]) -> None:
-    runs = wait_finished(platform, run_ids, timeout_s=60)
-    invoices = invoices_listed(platform, tenant, run_ids, timeout_s=90)
-    await assert_one_invoice_each(tenant, invoices)
-    for run in runs:
-        await assert_billed_from_distinct_samples(run, invoices[run["id"]])
-    await assert_one_email_each(platform, tenant, invoices, timeout_s=60)
 
 
 async def test_meter_server_killed_and_restarted(platform: Platform) -> None:
