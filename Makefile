@@ -15,7 +15,7 @@ export PIP_CACHE_DIR ?= $(CACHE)/pip
 RAY_DASHBOARD_PORT ?= 8265
 APT_PACKAGES := podman runc busybox-static postgresql uidmap slirp4netns
 
-.PHONY: help setup apt venv kafka-jars images run stop status test test-unit test-hostile lint bench clean
+.PHONY: help setup apt venv kafka-jars images run stop status test test-unit test-hostile test-fault lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ test: setup ## Run the whole test suite on real components (fails on zero tests)
 
 test-unit: venv ## Unit tests only (no services)
 	$(VENV)/bin/pytest -q tests/unit
+
+test-fault: setup ## Fault tests only: Kafka, meter server, workers, ClickHouse, runtime, SMTP killed mid-stream
+	$(VENV)/bin/pytest -q -m fault -W ignore::DeprecationWarning
 
 test-hostile: setup ## Hostile input only: tenancy, function isolation, oversized bodies, schemathesis
 	$(VENV)/bin/pytest -q -m hostile -W ignore::DeprecationWarning
