@@ -18,6 +18,8 @@ def outcome_of_exit(
     state: ContainerState, memory_mb: int
 ) -> tuple[RunStatus, StopReason, str | None]:
     """How a container that ended by itself is reported."""
+    if state.deadline_exceeded:  # Kubernetes ended it at the timeout before we did
+        return RunStatus.TIMED_OUT, StopReason.TIMEOUT, None
     if state.oom_killed:
         return RunStatus.FAILED, StopReason.FAILED, f"killed: out of memory (limit {memory_mb} MiB)"
     if state.exit_code == SIGKILL_EXIT:

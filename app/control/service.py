@@ -98,6 +98,7 @@ class ControlPlane:
             env=request.env,
             command=request.command,
             owner=self.limits.owner or "",
+            timeout_s=timeout_s,
         )
         container_id: str | None = None
         try:

@@ -33,6 +33,8 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] | None = None
     owner: str = ""
+    # Kubernetes enforces it itself (activeDeadlineSeconds); podman leaves it to the reconciler.
+    timeout_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ContainerState:
     finished_at: datetime | None = None
     oom_killed: bool = False
     error: str | None = None
+    deadline_exceeded: bool = False  # the runtime ended it at the run's timeout
 
 
 class Runtime(Protocol):
