@@ -13,14 +13,14 @@ export CONTAINERS_CONF := $(ROOT)/infra/podman/containers.conf
 export FAAS_HOME ?= $(STATE)
 export PIP_CACHE_DIR ?= $(CACHE)/pip
 RAY_DASHBOARD_PORT ?= 8265
-APT_PACKAGES := podman runc busybox-static postgresql uidmap slirp4netns
+APT_PACKAGES := podman runc busybox-static postgresql uidmap slirp4netns etcd-server
 
-.PHONY: help setup apt venv kafka-jars images run stop status test test-unit test-hostile test-fault lint bench clean
+.PHONY: help setup apt venv kafka-jars kube-bins kuberay-tools images run stop status test test-unit test-hostile test-fault lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: apt venv kafka-jars images ## Install everything that is missing (idempotent)
+setup: apt venv kafka-jars kube-bins kuberay-tools images ## Install everything that is missing (idempotent)
 
 apt: ## Debian packages: podman, runc, busybox-static, postgresql
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -42,6 +42,12 @@ $(KAFKA_LIBS)/.complete: infra/kafka/pom.xml
 	mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies \
 	  -DincludeScope=runtime -DoutputDirectory=$(KAFKA_LIBS)
 	@touch $@
+
+kube-bins: apt venv ## kube-apiserver/-controller-manager/-scheduler and kwok built with Go into $(CACHE)/kube-<version>
+	@$(PY) infra/kube.py build
+
+kuberay-tools: venv ## kustomize (Go), KubeRay and Strimzi CRDs into $(CACHE) for the kuberay/ dry-run test
+	@$(PY) kuberay/tools.py build >/dev/null
 
 images: apt ## Local test images FROM scratch: localhost/faas-{echo,cpu,mem,crash}
 	@infra/images/build.sh

@@ -117,3 +117,16 @@ def clickhouse(chdb_url: str) -> Iterator[DirectClickHouse]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(stack_dir: Path) -> Iterator[object]:
+    """A real API server (etcd, kube-apiserver, controller-manager, scheduler) with kwok's
+    simulated node; the binaries are built on first use (infra/kube.py), which fails loudly."""
+    from infra import kube
+
+    state = stack_dir / "kube"
+    try:
+        yield kube.start(state)
+    finally:
+        kube.stop(state)
