@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest, meter_server, rebill, run_latency
+from bench import http_overhead, ingest, memory_footprint, meter_server, rebill, run_latency
 from bench.stack import platform_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -28,6 +28,15 @@ def main() -> int:
     report["ingest"] = ingested
     report["meter_server"] = metered
     report["rebill"] = rebill.measure()
+    report["http_overhead"] = http_overhead.measure(http_overhead.parse_args([]))
+    # 200 concurrent runs and the memory they cost need the whole platform (meter, invoicer,
+    # notifier, SMTP sink) that `make run` starts.
+    home, api = Path(".faas"), "http://127.0.0.1:8080"
+    report["load_and_memory"] = (
+        memory_footprint.measure(home, api)
+        if memory_footprint.platform_running(home, api)
+        else "skipped: start the platform with `make run` first"
+    )
     report["ratios"] = {
         "ours_vs_api_p50": ours["p50_ms"] / api["p50_ms"],
         "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],
