@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,13 @@ from kubernetes.dynamic import DynamicClient
 
 from infra.kube import KubeCluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kuberay"))
-import tools  # kuberay/tools.py: kustomize and the CRDs, cached
+# kuberay/tools.py (kustomize and the CRDs, cached) is a script, not a package: load it by path.
+_spec = importlib.util.spec_from_file_location(
+    "kuberay_tools", Path(__file__).resolve().parents[2] / "kuberay" / "tools.py"
+)
+assert _spec is not None and _spec.loader is not None
+tools = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tools)
 
 
 @pytest.fixture(scope="module")
