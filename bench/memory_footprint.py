@@ -31,7 +31,7 @@ def _session(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[4])  # fields after comm: state ppid pgrp session
+    return int(stat.rsplit(")", 1)[1].split()[3])  # after comm: state ppid pgrp session
 
 
 def _cmdline(pid: int) -> str:
@@ -59,7 +59,11 @@ def _ray_part(cmdline: str) -> str:
     """Ray processes named by role: the Serve replicas and actors carry their names."""
     if cmdline.startswith("ray::"):
         name = cmdline.split()[0].removeprefix("ray::")
-        return f"ray::{name.split(':')[-1]}" if "ServeReplica" in name else f"ray::{name}"
+        return (
+            f"ray::{name.split(':')[-1]}"
+            if "ServeReplica" in name
+            else f"ray::{name.split('.')[0]}"
+        )
     for part in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
         if part in cmdline:
             return f"ray {part.removesuffix('.py')}"
