@@ -68,6 +68,10 @@ class RuntimeSettings(BaseModel):
     kind: Literal["podman", "kubernetes"] = "podman"
     docker_url: str | None = None  # unix:// socket of `podman system service`
     namespace: str = "faas-functions"
+    # Kubernetes runtime: a kubeconfig path, or None for the in-cluster service account.
+    kubeconfig: str | None = None
+    kube_env_inline_bytes: int = Field(default=1024, ge=0)  # larger env values: in a Secret
+    kube_ttl_after_finished_s: int = Field(default=300, ge=0)  # finished Jobs are collected
     owner: str | None = None  # label on every container; defaults to the home directory
     default_cpu: float = Field(default=1.0, gt=0)
     max_cpu: float = Field(default=2.0, gt=0)

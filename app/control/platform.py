@@ -26,7 +26,9 @@ def make_runtime(settings: RuntimeSettings) -> Runtime:
     if settings.kind == "podman":
         assert settings.docker_url is not None  # filled by Settings
         return DockerApiRuntime(settings.docker_url, isolation=Isolation.from_settings(settings))
-    raise NotImplementedError("the kubernetes runtime is not built yet (FAAS_RUNTIME=podman)")
+    from app.runtime.kubernetes import KubernetesRuntime  # only when chosen: its client is heavy
+
+    return KubernetesRuntime.from_settings(settings)
 
 
 class ControlPlaneApp:
