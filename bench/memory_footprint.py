@@ -4,8 +4,10 @@ component and summed, at idle and at the peak of the 200-run load.
 
     python -m bench.memory_footprint --runs 200 --tenants 20
 
-Function containers are not counted (they are the tenants' memory, limited and billed),
-but podman's per-container ``conmon`` monitors are, under ``podman``.
+Function containers are not counted (they are the tenants' memory, limited and billed).
+podman's per-container ``conmon`` monitors detach into their own sessions; they are
+counted under ``podman`` only when their command line names the state directory (in the
+2026-11-28 run none matched, so they are missing from the figures).
 """
 
 from __future__ import annotations
