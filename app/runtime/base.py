@@ -55,7 +55,8 @@ class Runtime(Protocol):
     when the runtime cannot be reached."""
 
     async def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) the container; returns its id."""
+        """Create (not start) the container; returns its id. Idempotent per run id: the
+        container an earlier call created for ``spec.run_id`` is returned, not a second."""
         ...
 
     async def start(self, container_id: str) -> ContainerState: ...

@@ -89,11 +89,27 @@ class KubernetesRuntime:
         ns = self._options.namespace
 
         def create() -> str:
-            answer = self._batch.create_namespaced_job(ns, job, _preload_content=False)
+            try:
+                answer = self._batch.create_namespaced_job(ns, job, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                # Created by an earlier attempt whose answer was lost (a restart, a timeout).
+                answer = self._batch.read_namespaced_job(
+                    job["metadata"]["name"], ns, _preload_content=False
+                )
             created: dict[str, Any] = json.loads(answer.data)
+            if (created["metadata"].get("annotations") or {}).get(RUN_ID_LABEL) != spec.run_id:
+                raise RuntimeError_(f"job {created['metadata']['name']} belongs to another run")
             self.jobs.put(created)
             if secret_data:
-                self._core.create_namespaced_secret(ns, self._secret(spec, created, secret_data))
+                try:
+                    self._core.create_namespaced_secret(
+                        ns, self._secret(spec, created, secret_data)
+                    )
+                except ApiException as exc:
+                    if exc.status != 409:  # 409: the earlier attempt created it too
+                        raise
             return str(created["metadata"]["name"])
 
         return await self._call(create)

@@ -58,6 +58,15 @@ def state_from_attrs(attrs: dict[str, Any]) -> ContainerState:
     )
 
 
+def _container_of_run(client: docker.DockerClient, name: str, run_id: str) -> str | None:
+    try:
+        attrs = client.api.inspect_container(name)
+    except docker.errors.NotFound:
+        return None
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    return str(attrs["Id"]) if labels.get(RUN_ID_LABEL) == run_id else None
+
+
 class DockerApiRuntime:
     """One container per run; blocking SDK calls run in worker threads."""
 
@@ -95,28 +104,44 @@ class DockerApiRuntime:
         return await asyncio.to_thread(guarded)
 
     async def create(self, spec: ContainerSpec) -> str:
+        name = f"faas-{spec.run_id}"
+
         def create(client: docker.DockerClient) -> str:
-            # The image's own user decides whether we must force a non-root one.
-            image_user = (client.api.inspect_image(spec.image).get("Config") or {}).get("User")
-            container = client.containers.create(
-                spec.image,
-                command=spec.command,
-                name=f"faas-{spec.run_id}",
-                environment=spec.env,
-                labels={
-                    RUN_ID_LABEL: spec.run_id,
-                    TENANT_LABEL: spec.tenant,
-                    OWNER_LABEL: spec.owner,
-                },
-                nano_cpus=int(spec.cpu * 1e9),
-                mem_limit=f"{spec.memory_mb}m",
-                memswap_limit=f"{spec.memory_mb}m",  # no swap: the limit is the limit
-                detach=True,
-                **self._isolation.docker_options(image_user),
-            )
-            return str(container.id)
+            try:
+                return self._new_container(client, spec, name)
+            except docker.errors.ImageNotFound:
+                raise
+            except docker.errors.APIError:
+                # podman answers a taken name with a 500, not Docker's 409: look for the
+                # container an earlier attempt created (its answer lost to a restart or a
+                # timeout) before calling it a failure.
+                existing = _container_of_run(client, name, spec.run_id)
+                if existing is None:
+                    raise
+                return existing
 
         return await self._call(create)
+
+    def _new_container(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> str:
+        # The image's own user decides whether we must force a non-root one.
+        image_user = (client.api.inspect_image(spec.image).get("Config") or {}).get("User")
+        container = client.containers.create(
+            spec.image,
+            command=spec.command,
+            name=name,
+            environment=spec.env,
+            labels={
+                RUN_ID_LABEL: spec.run_id,
+                TENANT_LABEL: spec.tenant,
+                OWNER_LABEL: spec.owner,
+            },
+            nano_cpus=int(spec.cpu * 1e9),
+            mem_limit=f"{spec.memory_mb}m",
+            memswap_limit=f"{spec.memory_mb}m",  # no swap: the limit is the limit
+            detach=True,
+            **self._isolation.docker_options(image_user),
+        )
+        return str(container.id)
 
     async def start(self, container_id: str) -> ContainerState:
         def start(client: docker.DockerClient) -> ContainerState:

@@ -58,3 +58,19 @@ async def test_missing_image_and_dead_socket(podman_url: str, tmp_path: object) 
     dead = DockerApiRuntime("unix:///nonexistent/podman.sock")
     with pytest.raises(RuntimeUnavailable):
         await dead.list_runs()
+
+
+async def test_create_is_idempotent_per_run(podman_url: str) -> None:
+    """A second create for the same run (the first one's answer lost to a restart or a
+    timeout) returns the container the first one made; podman answers the taken name
+    with a 500, not Docker's 409."""
+    runtime = DockerApiRuntime(podman_url)
+    request = spec("localhost/faas-crash")
+    first = await runtime.create(request)
+    try:
+        assert await runtime.create(request) == first
+        mine = [c.container_id for c in await runtime.list_runs() if c.run_id == request.run_id]
+        assert mine == [first]
+    finally:
+        await runtime.remove(first)
+        await runtime.close()
