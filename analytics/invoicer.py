@@ -133,7 +133,7 @@ class Invoicer(RestartingLoop):
                                 ((record.key or b"").decode(errors="replace"), record.value or b"")
                             )
                             continue
-                        if isinstance(event, Stopped):
+                        if isinstance(event, Stopped) and event.ever_started:
                             stopped_runs.append(event)
                 await self.process(stopped_runs)
                 if dead:

@@ -53,6 +53,12 @@ class Stopped(_Event):
     finished_at: datetime
     message: str | None = None
 
+    @property
+    def ever_started(self) -> bool:
+        """False for a run that ended before its container started (stopped while queued,
+        refused by the runtime): it used nothing and is not billed."""
+        return self.started_at is not None
+
 
 LifecycleEvent = Annotated[Deployed | Started | Stopped, Field(discriminator="type")]
 lifecycle_event = TypeAdapter[Deployed | Started | Stopped](LifecycleEvent)
