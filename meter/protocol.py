@@ -124,7 +124,11 @@ class DropReason(enum.StrEnum):
     MALFORMED = "malformed"
     BAD_SIGNATURE = "bad_signature"
     REPLAYED = "replayed"
-    """Never raised by :func:`decode`: the server's replay check uses it."""
+    """Never raised by :func:`decode`: the server's replay check uses it (a seq below the
+    newest accepted for the run: a replay, or a datagram overtaken in the network)."""
+    DUPLICATE = "duplicate"
+    """Never raised by :func:`decode`: a copy of the newest datagram accepted for the run
+    (same seq): the agent's repeated FINAL, or a datagram the network delivered twice."""
 
 
 class EncodeError(ValueError):

@@ -8,11 +8,14 @@ to ``faas.metrics`` as ``UsageSample`` JSON, agent lifecycle observations to
 records wait in a bounded buffer that a flusher drains on count or wait, whichever
 first, and keeps (retrying with back-off) while Kafka is away.
 
-Replays: per ``(node, run_id)`` the highest accepted seq is kept (two agents may report
-one run, each with its own sequence); a seq not above it is REPLAYED. Windows not heard
-from for ``run_ttl_s`` are forgotten, at most ``max_runs`` are kept (least recently
-heard-from go first): a replay older than that is accepted but harmless, because the
-counters are cumulative and the ingestor's key ``(run_id, node, seq)`` deduplicates.
+Replays: per ``(node, run_id)`` and topic the highest accepted seq is kept (two agents
+may report one run, each with its own sequence; samples and lifecycle events are
+separate streams, so an EXITED overtaking the FINAL sample in the network cannot make the
+FINAL look stale); the same seq again is a DUPLICATE (the agent repeats its FINAL on
+purpose), a lower one is REPLAYED. Windows not heard from for ``run_ttl_s`` are forgotten,
+at most ``max_runs`` are kept (least recently heard-from go first): a replay older than
+that is accepted but harmless, because the counters are cumulative and the ingestor's key
+``(run_id, node, seq)`` deduplicates.
 """
 
 from __future__ import annotations
@@ -76,8 +79,8 @@ class MeterServer(asyncio.DatagramProtocol):
         self._max_buffer, self._max_runs, self._ttl_s = max_buffer, max_runs, run_ttl_s
         self._monotonic = monotonic
         self._counters = MeterCounters()
-        # (node, run_id) -> (highest seq accepted, when), least recently heard-from first
-        self._windows: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        # (node, run_id, topic) -> (highest seq accepted, when), least recently heard-from first
+        self._windows: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
         self._forgot_at = float("-inf")
         self._buffer: deque[tuple[str, str, bytes]] = deque()
         self._flush_lock = asyncio.Lock()
@@ -110,12 +113,15 @@ class MeterServer(asyncio.DatagramProtocol):
         except DecodeError as exc:
             self._drop(exc.reason, addr, exc.detail)
             return
-        key = (node, run_id)
+        key = (node, run_id, topic)
         now = self._monotonic()
         windows = self._windows
         window = windows.get(key)
         if window is not None and seq <= window[0]:
-            self._drop(DropReason.REPLAYED, addr, f"seq {seq} <= {window[0]}")
+            if seq == window[0]:
+                self._drop(DropReason.DUPLICATE, addr, f"seq {seq} again")
+            else:
+                self._drop(DropReason.REPLAYED, addr, f"seq {seq} < {window[0]}")
             return
         buffer = self._buffer
         if len(buffer) >= self._max_buffer:
@@ -141,8 +147,10 @@ class MeterServer(asyncio.DatagramProtocol):
     def _drop(self, reason: DropReason, addr: object, detail: str) -> None:
         self._counters.dropped[reason.value] += 1
         now = self._monotonic()
-        if reason is not DropReason.REPLAYED and (
-            now - self._logged_drop.get(reason, -DROP_LOG_EVERY_S) >= DROP_LOG_EVERY_S
+        if (
+            reason is not DropReason.REPLAYED
+            and reason is not DropReason.DUPLICATE
+            and (now - self._logged_drop.get(reason, -DROP_LOG_EVERY_S) >= DROP_LOG_EVERY_S)
         ):
             self._logged_drop[reason] = now  # one line per reason per period, with a source
             log.warning("meter server: dropped %s datagram from %s: %s", reason, addr, detail)

@@ -279,6 +279,7 @@ def test_drop_reasons_are_stable_labels() -> None:
         "MALFORMED": "malformed",
         "BAD_SIGNATURE": "bad_signature",
         "REPLAYED": "replayed",
+        "DUPLICATE": "duplicate",
     }
 
 

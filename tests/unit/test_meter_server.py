@@ -92,7 +92,8 @@ async def test_every_datagram_is_counted_once_by_outcome() -> None:
     feed(target, *valid)
     feed(
         target,
-        valid[1], valid[4],  # replayed
+        valid[1],  # replayed: below the newest accepted
+        valid[4],  # duplicate: the newest accepted again
         encode(sample(6), b"forged-with-another-key"),
         b"FM" + bytes(1500),  # oversized
         valid[0][:40],  # truncated
@@ -104,7 +105,7 @@ async def test_every_datagram_is_counted_once_by_outcome() -> None:
     assert (c.received, c.accepted) == (13, 5)
     assert c.dropped == {
         "oversized": 1, "truncated": 1, "bad_magic": 1, "bad_version": 1, "bad_kind": 0,
-        "malformed": 1, "bad_signature": 1, "replayed": 2,
+        "malformed": 1, "bad_signature": 1, "replayed": 1, "duplicate": 1,
     }  # fmt: skip
     assert_balanced(target)
     await target.flush()
@@ -137,7 +138,25 @@ async def test_replay_windows_are_per_node_and_run() -> None:
     feed(target, sample(10), sample(10, node="n2"), sample(10, run_id="run-2"))
     feed(target, sample(9, node="n2"), sample(10, run_id="run-2"), sample(11))
     assert target.counters.accepted == 4
-    assert target.counters.dropped[DropReason.REPLAYED] == 2
+    assert target.counters.dropped[DropReason.REPLAYED] == 1
+    assert target.counters.dropped[DropReason.DUPLICATE] == 1
+
+
+async def test_final_repeats_are_duplicates_and_the_final_survives_an_earlier_exited() -> None:
+    """The agent sends its FINAL sample three times (same bytes) and an EXITED with a
+    higher seq; the network may deliver the EXITED first. The FINAL must still land, its
+    copies count as duplicates, and only a lower seq counts as a replay."""
+    sink = FakeSink()
+    target = server(sink)
+    final = encode(sample(5, final=True), SECRET)
+    exited = sample(6, kind=MessageKind.EXITED, exit_code=0, final=True)
+    feed(target, sample(4), exited, final, final, final, sample(3))
+    c = target.counters
+    assert c.accepted == 3
+    assert (c.dropped["duplicate"], c.dropped["replayed"]) == (2, 1)
+    await target.flush()
+    metrics = [UsageSample.model_validate_json(v) for _, v in sink.records("m")]
+    assert [(s.seq, s.final) for s in metrics] == [(4, False), (5, True)]
 
 
 async def test_windows_are_forgotten_after_the_ttl() -> None:
@@ -148,16 +167,17 @@ async def test_windows_are_forgotten_after_the_ttl() -> None:
     feed(target, sample(6, run_id="b"))  # b heard from again
     clock.now += 301
     feed(target, sample(1, run_id="c"))  # a is 601 s silent: forgotten
-    feed(target, sample(5, run_id="a"), sample(6, run_id="b"))
+    feed(target, sample(5, run_id="a"), sample(6, run_id="b"), sample(4, run_id="b"))
     assert target.counters.accepted == 5  # a's replay passes once its window is gone
-    assert target.counters.dropped[DropReason.REPLAYED] == 1  # b's window was kept
+    assert target.counters.dropped[DropReason.DUPLICATE] == 1  # b's window was kept
+    assert target.counters.dropped[DropReason.REPLAYED] == 1
 
 
 async def test_windows_beyond_the_cap_go_least_recently_heard_from_first() -> None:
     target = server(max_runs=2)
     feed(target, sample(5, run_id="a"), sample(5, run_id="b"), sample(6, run_id="a"))
     feed(target, sample(1, run_id="c"))  # evicts b, the least recently heard from
-    feed(target, sample(6, run_id="a"), sample(5, run_id="b"))
+    feed(target, sample(5, run_id="a"), sample(5, run_id="b"))
     assert target.counters.dropped[DropReason.REPLAYED] == 1  # a's, not b's
     assert target.counters.accepted == 5
 
@@ -253,7 +273,7 @@ async def test_counters_over_udp_and_http() -> None:
     await target.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for data in (encode(sample(1), SECRET), encode(sample(1), SECRET), b"junk"):
+            for data in (encode(sample(2), SECRET), encode(sample(1), SECRET), b"junk"):
                 sock.sendto(data, ("127.0.0.1", s.meter.port))
         for _ in range(50):
             if target.counters.received == 3:
