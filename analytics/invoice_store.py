@@ -88,6 +88,10 @@ class InvoiceStore:
         found = await self._select("run_id = {run:String}", {"run": run_id})
         return found[0] if found else None
 
+    async def current_many(self, run_ids: Sequence[str]) -> dict[str, Invoice]:
+        found = await self._select("run_id IN {runs:Array(String)}", {"runs": list(run_ids)})
+        return {invoice.run_id: invoice for invoice in found}
+
     @staticmethod
     def _tenant_filter(
         tenant: str, since: datetime | None, until: datetime | None

@@ -1,26 +1,27 @@
 """Invoicer: ``stopped`` events on ``faas.deployments`` → invoices → ``faas.invoices``.
 
-Per batch: the stopped runs are invoiced (tenants in parallel, each tenant's runs in
-finish order so the monthly allowance is consumed in order), stored in ClickHouse, the
-``invoice.created`` events published, and only then the offsets committed. A redelivered
-event finds its stored invoice and publishes it again instead of pricing it twice, so a
-crash between store and publish loses no publish (the notifier drops duplicates).
+Each fetched batch (≤ 500 records) is priced progressively (``analytics.batch_pricing``):
+a chunk of runs is stored in ClickHouse, then its ``invoice.created`` events published,
+then its records count as done. Offsets are committed as the batch goes (at most every
+``commit_every_s``), per partition only up to the first record not done, so a crash
+redelivers what was not finished; a redelivered event whose invoice is stored is
+published again instead of priced twice (the notifier drops duplicates).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from analytics.batch_pricing import BatchPricer, Done, InvoicerCounters, ignore_done
 from analytics.invoice_store import InvoiceStore
-from analytics.invoicing import RunSamples, build_invoice
+from analytics.offsets import OffsetTracker, ProgressiveCommitter
+from analytics.settling import RunSamples
 from app.events import EventPublisher, Stopped, lifecycle_event
 from app.invoices import Invoice, InvoiceEvent
 from app.loops import RestartingLoop
@@ -29,13 +30,6 @@ from app.tariffs.schemas import TariffView
 
 log = logging.getLogger(__name__)
 GROUP = "faas-invoicer"
-
-
-@dataclass
-class InvoicerCounters:
-    invoiced: int = 0
-    republished: int = 0
-    dead_lettered: int = 0
 
 
 class Invoicer(RestartingLoop):
@@ -50,62 +44,37 @@ class Invoicer(RestartingLoop):
         publisher: EventPublisher,
         *,
         group_id: str = GROUP,
+        concurrency: int = 4,
+        chunk: int = 25,
+        commit_every_s: float = 0.5,
     ) -> None:
         super().__init__()
         if None in (kafka, samples, store, tariff_of_run, publisher):
             raise ValueError("kafka, samples, store, tariff_of_run and publisher are required")
-        self._kafka = kafka
-        self._samples = samples
-        self._store = store
-        self._tariff_of_run = tariff_of_run
-        self._publisher = publisher
-        self._group_id = group_id
+        if commit_every_s <= 0:
+            raise ValueError("commit_every_s must be > 0")
+        self._kafka, self._publisher, self._group_id = kafka, publisher, group_id
+        self._commit_every_s = commit_every_s
         self.counters = InvoicerCounters()
+        self._pricer = BatchPricer(
+            samples, store, tariff_of_run, self._publish, self.counters,
+            concurrency=concurrency, chunk=chunk,
+        )  # fmt: skip
 
-    async def invoice(self, stopped: Stopped) -> tuple[Invoice, bool]:
-        """The run's invoice, and whether it was created now (False: it already existed)."""
-        existing = await self._store.current(stopped.run_id)
-        if existing is not None:
-            return existing, False
-        tariff = await asyncio.to_thread(self._tariff_of_run, stopped.run_id)
-        samples = await self._samples.settled(stopped.run_id, stopped.finished_at)
-        invoice = await build_invoice(stopped, samples, tariff, self._store)
-        await self._store.save([invoice])
-        return invoice, True
+    async def process(self, stopped_runs: Sequence[Stopped], done: Done = ignore_done) -> None:
+        """Invoices a batch; ``done`` hears each run id once its invoice is published."""
+        await self._pricer.process(stopped_runs, done)
 
-    async def _tenant(self, runs: list[Stopped]) -> list[Invoice]:
-        invoices = []
-        for stopped in sorted(runs, key=lambda s: s.finished_at):
-            invoice, created = await self.invoice(stopped)
-            if created:
-                self.counters.invoiced += 1
-            else:
-                self.counters.republished += 1
-            invoices.append(invoice)
-        return invoices
-
-    async def process(self, stopped_runs: list[Stopped]) -> None:
-        by_tenant: dict[str, list[Stopped]] = defaultdict(list)
-        for stopped in stopped_runs:
-            by_tenant[stopped.tenant].append(stopped)
-        results = await asyncio.gather(*(self._tenant(runs) for runs in by_tenant.values()))
+    async def _publish(self, invoices: list[Invoice]) -> None:
+        now = datetime.now(UTC)
         events = [
-            InvoiceEvent(
-                type="invoice.created",
-                event_id=f"{i.run_id}:v{i.version}",
-                event_time=datetime.now(UTC),
-                run_id=i.run_id,
-                tenant=i.tenant,
-                invoice=i,
-            )
-            for invoices in results
+            InvoiceEvent(type="invoice.created", event_id=f"{i.run_id}:v{i.version}",
+                         event_time=now, run_id=i.run_id, tenant=i.tenant, invoice=i)
             for i in invoices
-        ]
-        if events:
-            await self._publisher.publish(
-                self._kafka.invoices_topic,
-                [(e.tenant, e.model_dump_json().encode()) for e in events],
-            )
+        ]  # fmt: skip
+        await self._publisher.publish(
+            self._kafka.invoices_topic, [(e.tenant, e.model_dump_json().encode()) for e in events]
+        )
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -120,25 +89,45 @@ class Invoicer(RestartingLoop):
         try:
             while not self._stopping.is_set():
                 fetched = await consumer.getmany(timeout_ms=500, max_records=500)
-                if not fetched:
-                    continue
-                stopped_runs, dead = [], []
-                for records in fetched.values():
-                    for record in records:
-                        try:
-                            event = lifecycle_event.validate_json(record.value or b"")
-                        except ValidationError as exc:
-                            log.warning("dead-lettering offset %s: %s", record.offset, exc)
-                            dead.append(
-                                ((record.key or b"").decode(errors="replace"), record.value or b"")
-                            )
-                            continue
-                        if isinstance(event, Stopped) and event.ever_started:
-                            stopped_runs.append(event)
-                await self.process(stopped_runs)
-                if dead:
-                    await self._publisher.publish(f"{self._kafka.deployments_topic}.dlq", dead)
-                    self.counters.dead_lettered += len(dead)
-                await consumer.commit()
+                if fetched:
+                    await self._batch(consumer, fetched)
         finally:
             await consumer.stop()
+
+    async def _batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        self.counters.batches += 1
+        tracker = OffsetTracker()
+        stopped_runs, dead, dead_offsets = [], [], []
+        records_of: dict[str, list[tuple[TopicPartition, int]]] = defaultdict(list)
+        for tp, records in fetched.items():
+            for record in records:
+                tracker.add(tp, record.offset)
+                try:
+                    event = lifecycle_event.validate_json(record.value or b"")
+                except ValidationError as exc:
+                    log.warning("dead-lettering offset %s: %s", record.offset, exc)
+                    dead.append(((record.key or b"").decode(errors="replace"), record.value or b""))
+                    dead_offsets.append((tp, record.offset))
+                    continue
+                if isinstance(event, Stopped) and event.ever_started:
+                    stopped_runs.append(event)
+                    records_of[event.run_id].append((tp, record.offset))
+                else:
+                    tracker.done(tp, record.offset)
+        if dead:
+            await self._publisher.publish(f"{self._kafka.deployments_topic}.dlq", dead)
+            self.counters.dead_lettered += len(dead)
+            for tp, offset in dead_offsets:
+                tracker.done(tp, offset)
+
+        def done(run_ids: list[str]) -> None:
+            for run_id in run_ids:
+                for tp, offset in records_of.pop(run_id, []):
+                    tracker.done(tp, offset)
+
+        async with ProgressiveCommitter(tracker, consumer.commit, every_s=self._commit_every_s):
+            await self.process(stopped_runs, done)

@@ -1,19 +1,14 @@
-"""Pricing one stopped run: its samples (Polars over ClickHouse) and its tariff make an invoice."""
+"""Pricing stopped runs: a run's samples (Polars over ClickHouse) and its tariff make an invoice."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
 import polars as pl
-from aiokafka import TopicPartition
 
-from analytics.clickhouse import ClickHouse
-from analytics.ingestion import IngestionProgress, caught_up
 from analytics.invoice_store import InvoiceStore
 from analytics.usage import RunUsage, no_samples_usage, run_endpoints, usage_from_endpoints
 from app.events import Stopped
@@ -21,12 +16,7 @@ from app.invoices import Invoice, InvoiceLineView, MemoryPoint
 from app.pricing import TariffPrices, Usage, price_run
 from app.tariffs.schemas import TariffView
 
-_SAMPLES = (
-    "SELECT run_id, node, seq, sample_time, memory_bytes, memory_byte_ms, cpu_ns, final"
-    " FROM usage_samples FINAL WHERE run_id = {run:String} ORDER BY node, seq"
-)
 CHART_POINTS = 60
-log = logging.getLogger(__name__)
 
 
 def tariff_prices(tariff: TariffView) -> TariffPrices:
@@ -44,60 +34,6 @@ def tariff_prices(tariff: TariffView) -> TariffPrices:
 
 def month_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-class RunSamples:
-    """Reads a run's samples; waits for the agent's final sample up to a grace period and,
-    without it, until the ingestor has stored what was published by then."""
-
-    def __init__(
-        self,
-        clickhouse: ClickHouse,
-        *,
-        grace_s: float = 5.0,
-        poll_s: float = 0.2,
-        progress: IngestionProgress | None = None,
-        max_wait_s: float = 120.0,
-    ) -> None:
-        if clickhouse is None:
-            raise ValueError("clickhouse is required")
-        self._clickhouse = clickhouse
-        self._grace_s = grace_s
-        self._poll_s = poll_s
-        self._progress = progress
-        self._max_wait_s = max_wait_s
-
-    async def read(self, run_id: str) -> pl.DataFrame:
-        return pl.from_arrow(await self._clickhouse.query_arrow(_SAMPLES, {"run": run_id}))  # type: ignore[return-value]
-
-    async def settled(self, run_id: str, finished_at: datetime) -> pl.DataFrame:
-        """The samples once the final one landed, or once the grace period after the
-        finish has passed (the final datagram may be lost; counters are cumulative) and
-        the ingestor has caught up with ``faas.metrics`` (it may be down or behind)."""
-        waited_from = time.monotonic()
-        targets: dict[TopicPartition, int] | None = None
-        while True:
-            samples = await self.read(run_id)
-            if samples.height and samples["final"].any():
-                return samples
-            waited = time.monotonic() - waited_from
-            since_finish = (datetime.now(UTC) - finished_at).total_seconds()
-            if min(since_finish, waited) < self._grace_s:
-                await asyncio.sleep(self._poll_s)
-                continue
-            if self._progress is None:
-                return samples
-            if waited >= self._max_wait_s:
-                log.warning("run %s priced without its final sample: ingestion behind", run_id)
-                return samples
-            try:
-                if targets is None:
-                    targets = await self._progress.end_offsets()
-                elif caught_up(await self._progress.committed(), targets):
-                    return await self.read(run_id)
-            except Exception as exc:  # Kafka away: keep waiting, up to max_wait_s
-                log.warning("ingestion progress unknown (%s); waiting", exc)
-            await asyncio.sleep(max(self._poll_s, 0.5))
 
 
 def measured_usage(samples: pl.DataFrame, run: RunFacts) -> RunUsage:
@@ -186,12 +122,36 @@ def invoice_for_usage(
     )
 
 
+def invoiced_usage(invoice: Invoice) -> Usage:
+    """What an invoice takes of the monthly allowance (what ``month_usage`` sums)."""
+    quantity = {line.kind: line.quantity for line in invoice.lines}
+    return Usage(quantity["cpu"], quantity["memory"], quantity["execution"], Decimal(0))
+
+
+async def build_invoices(
+    runs: Sequence[tuple[Stopped, pl.DataFrame, TariffView]], store: InvoiceStore
+) -> list[Invoice]:
+    """New invoices of one tenant's runs, given in finish order and none of them stored yet.
+    A run's allowance used is what stored invoices this month took before it finished plus
+    what the earlier of ``runs`` take: the same as storing each before pricing the next."""
+    invoices: list[Invoice] = []
+    for stopped, samples, tariff in runs:
+        month = month_start(stopped.finished_at)
+        cpu, gib, executions = await store.month_usage(
+            stopped.tenant, tariff.id, month, stopped.finished_at, stopped.run_id
+        )
+        used = Usage(cpu, gib, executions, Decimal(0))
+        for earlier in invoices:
+            if (earlier.tariff_id, month_start(earlier.finished_at)) == (tariff.id, month) and (
+                earlier.finished_at < stopped.finished_at
+            ):
+                used += invoiced_usage(earlier)
+        invoices.append(priced_invoice(stopped, samples, tariff, used))
+    return invoices
+
+
 async def build_invoice(
     stopped: Stopped, samples: pl.DataFrame, tariff: TariffView, store: InvoiceStore
 ) -> Invoice:
     """A new run's invoice: the allowance used is what earlier invoices this month took."""
-    cpu, gib, executions = await store.month_usage(
-        stopped.tenant, tariff.id, month_start(stopped.finished_at), stopped.finished_at,
-        stopped.run_id,
-    )  # fmt: skip
-    return priced_invoice(stopped, samples, tariff, Usage(cpu, gib, executions, Decimal(0)))
+    return (await build_invoices([(stopped, samples, tariff)], store))[0]

@@ -16,7 +16,7 @@ from analytics.ingestion import IngestionProgress
 from analytics.ingestor import Ingestor
 from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
-from analytics.invoicing import RunSamples
+from analytics.settling import RunSamples
 from app.api.auth import authenticator_for
 from app.api.billing import InvoicesUnavailable, create_billing_api
 from app.kafka import KafkaEventPublisher, ensure_topics

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from analytics.clickhouse import DirectClickHouse
 from analytics.ingestion import IngestionProgress
 from analytics.ingestor import Ingestor
-from analytics.invoicing import RunSamples
 from analytics.schema import migrate
+from analytics.settling import RunSamples
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.settings import ClickHouseSettings, KafkaSettings
 from tests.integration.test_ingestor import produce, sample

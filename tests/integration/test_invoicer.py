@@ -14,9 +14,10 @@ from aiokafka import AIOKafkaConsumer
 from analytics.clickhouse import DirectClickHouse
 from analytics.invoice_store import InvoiceStore
 from analytics.invoicer import Invoicer
-from analytics.invoicing import RunSamples, build_invoice
+from analytics.invoicing import build_invoice
 from analytics.samples import samples_table
 from analytics.schema import migrate
+from analytics.settling import RunSamples
 from app.events import Stopped, UsageSample
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.schemas import RunStatus, StopReason
