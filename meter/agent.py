@@ -2,9 +2,19 @@
 usage to the meter server over UDP (``python -m meter.agent``).
 
 Every interval it reads each tracked container's cgroup (cheap and exact) and sends one
-SAMPLE per run. Discovery (which containers carry ``faas.run_id``, their StartedAt and
-exit codes) asks the Docker Engine API in a background task, so a slow or absent runtime
-never delays a reading.
+SAMPLE per run. The runtime (Docker Engine API) is asked in background tasks, so a slow or
+absent runtime never delays a reading:
+
+- **Cgroup first.** Each tick lists the container cgroups (a directory listing) and starts
+  reading a new one at once; the runtime is asked *by id* whose it is (labels
+  ``faas.run_id``/``faas.tenant``, StartedAt: one inspect). Until it answers the run is
+  metered but nothing is sent; if it ended meanwhile, it is sent as started and finished
+  (FINAL) as soon as the answer comes. This matters under load: podman's listing of all
+  containers took 5-10 s while 100 were being created, longer than a 1 s run lives, and
+  such runs were never metered at all (issue 8).
+- **Listing.** The runtime's listing of running containers remains, in its own task, as
+  the backstop (another cgroup layout, a leaked cgroup: a container it stops listing is
+  finished). Exit codes are asked by id.
 
 Per run it keeps the cgroup's cumulative CPU counter and the memory integral in byte·ms
 by the trapezoid rule, in integers, so a lost datagram loses nothing.
@@ -23,8 +33,9 @@ by the trapezoid rule, in integers, so a lost datagram loses nothing.
   so nothing is persisted and nothing is mistaken for a replay.
 - **End of a run.** When the cgroup is gone or empty (or the runtime has not listed the
   container for three discoveries), the agent sends the last reading as a FINAL SAMPLE
-  three times ~0.4 s apart (same bytes; the server drops the copies as REPLAYED), then an
-  EXITED (also FINAL, same counters) once the runtime tells the exit code.
+  three times ~0.4 s apart (same bytes and seq; the server drops the copies as DUPLICATE),
+  then an EXITED (also FINAL, same counters) once the runtime tells the exit code. Only
+  listings asked for after the run was first seen count as not listing it.
 - **Failures.** Runtime unreachable: known containers keep being read. Server down:
   datagrams are lost, the next one carries the whole state. Warnings are rate-limited.
 """
@@ -45,7 +56,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.settings import Settings
 from meter.cgroups import CgroupReader, Reader, Reading
-from meter.discovery import Container, Discovery, DockerDiscovery
+from meter.discovery import Container, Described, Discovery, DockerDiscovery
 from meter.protocol import EncodeError, MessageKind, MeterMessage, encode
 
 log = logging.getLogger(__name__)
@@ -71,16 +82,28 @@ class RunMeter:
     cpu_ns: int = 0
     doubled_byte_ns: int = 0  # 2·∫memory dt in byte·ns (the trapezoid's halves stay exact)
     missing: int = 0  # consecutive runtime listings without this container
+    first_ns: int | None = None  # the first reading: carried back to StartedAt, even if
+    first_memory: int = 0  # StartedAt is only learnt after it (cgroup-first discovery)
+    gone_ns: int | None = None  # unlabelled: when its cgroup went away
 
     def update(self, reading: Reading, now_ns: int) -> None:
         if self.last_ns is None:
             start = now_ns if self.started_ns is None else self.started_ns
             self.doubled_byte_ns += 2 * reading.memory_bytes * max(0, now_ns - start)
+            self.first_ns, self.first_memory = now_ns, reading.memory_bytes
         else:
             span = max(0, now_ns - self.last_ns)  # a clock step back adds nothing
             self.doubled_byte_ns += (self.last_memory + reading.memory_bytes) * span
         self.last_ns, self.last_memory = now_ns, reading.memory_bytes
         self.cpu_ns = max(self.cpu_ns, reading.cpu_ns)  # cumulative: never goes back
+
+    def start_at(self, started_ns: int | None) -> None:
+        """StartedAt learnt after the first reading: carry that reading back to it."""
+        if started_ns is None or self.started_ns is not None:
+            return
+        self.started_ns = started_ns
+        if self.first_ns is not None:
+            self.doubled_byte_ns += 2 * self.first_memory * max(0, self.first_ns - started_ns)
 
     @property
     def memory_byte_ms(self) -> int:
@@ -99,6 +122,10 @@ class _Final:
     data: bytes
     sends_left: int
     due_ns: int
+
+
+def _ns(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // _US * 1000
 
 
 class MeterAgent:
@@ -137,8 +164,17 @@ class MeterAgent:
         self._new: dict[str, tuple[Container, int | None]] = {}  # discovered, not yet tracked
         self._listings = self._listings_seen = 0  # runtime listings done / looked at by tick
         self._listed_ids: set[str] = set()
+        self._listed_at = 0  # when the last listing was asked for (clock ns)
         self._finished: dict[str, int] = {}  # container id -> when it finished
-        self._ignored: set[str] = set()  # labels we cannot encode (no tenant, too long)
+        self._ignored: set[str] = set()  # not ours (no run id label) or labels we cannot encode
+        # Cgroup-first discovery: a new cgroup is read from the next tick on, while the
+        # runtime is asked for its labels by id (``describe``); until they arrive the run is
+        # "unlabelled" (metered, nothing sent). Under load the runtime's listing takes seconds,
+        # longer than a short run lives; a cgroup appears the moment the container starts.
+        self._unlabelled: dict[str, RunMeter] = {}
+        self._to_describe: set[str] = set()
+        self._described: dict[str, Described | None] = {}  # answers for tick to apply
+        self.unlabelled_lost = 0  # metered cgroups the runtime never said whose they were
         self._finals: list[_Final] = []
         self._exits: dict[str, tuple[RunMeter, int]] = {}  # awaiting exit code, deadline
         self.sent = self.dropped_on_purpose = self.send_failures = 0
@@ -190,8 +226,33 @@ class MeterAgent:
     # -- discovery (runtime API, in threads) ------------------------------------------------
 
     async def discover(self) -> None:
-        """One round with the runtime: which containers run, StartedAt of new ones, and
-        exit codes of finished ones. Never raises."""
+        """One round with the runtime: labels of new cgroups, which containers run (and
+        StartedAt of new ones), exit codes of finished ones. Never raises."""
+        await asyncio.gather(self.describe_new(), self.list_running())
+        await self._resolve_exits()
+
+    async def describe_new(self) -> None:
+        """Asks the runtime, by id, whose the cgroups found since the last round are. Cheap
+        (one inspect per new container), so ``run_forever`` runs it in its own loop and it
+        never waits behind a slow listing. Never raises."""
+        pending = list(self._to_describe)
+        if not pending:
+            return
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(self._discovery.describe, cid) for cid in pending),
+            return_exceptions=True,
+        )
+        for cid, answer in zip(pending, answers, strict=True):
+            if isinstance(answer, BaseException):  # runtime away: ask again next round
+                self._warn("runtime", f"runtime unreachable, cannot label {cid[:12]}: {answer}")
+                continue
+            self._to_describe.discard(cid)
+            self._described[cid] = answer
+
+    async def list_running(self) -> None:
+        """Lists the running function containers (labels, StartedAt of new ones): the
+        backstop for what the cgroups cannot tell (another layout, a leaked cgroup)."""
+        listed_at = self._clock()
         try:
             running = await asyncio.to_thread(self._discovery.running)
         except Exception as exc:
@@ -203,7 +264,6 @@ class MeterAgent:
                 cid: at for cid, at in self._finished.items() if now - at < REMEMBER_FINISHED_NS
             }
             ids = {c.container_id for c in running}
-            self._ignored &= ids
             fresh = [
                 c
                 for c in running
@@ -214,7 +274,7 @@ class MeterAgent:
             starts = await asyncio.gather(*(self._started_ns(c.container_id) for c in fresh))
             self._new.update({c.container_id: (c, s) for c, s in zip(fresh, starts, strict=True)})
             self._listed_ids, self._listings = ids, self._listings + 1
-        await self._resolve_exits()
+            self._listed_at = listed_at
 
     async def _started_ns(self, container_id: str) -> int | None:
         try:
@@ -223,7 +283,7 @@ class MeterAgent:
             )
         except Exception:
             return None
-        return None if started is None else (started - _EPOCH) // _US * 1000
+        return _ns(started)
 
     async def _resolve_exits(self) -> None:
         pending = list(self._exits.items())
@@ -243,13 +303,18 @@ class MeterAgent:
 
     def tick(self) -> None:
         """Track newly discovered containers, read every tracked one, send the samples."""
+        now = self._clock()
         for cid, (container, started_ns) in self._new.items():
             if cid not in self.runs and cid not in self._finished:  # listed twice meanwhile
                 self._track(container, started_ns)
         self._new.clear()
+        for cid, described in self._described.items():
+            self._label(cid, described)
+        self._described.clear()
+        self._scan_cgroups(now)
         listing, self._listings_seen = self._listings > self._listings_seen, self._listings
         for cid, run in list(self.runs.items()):
-            if listing:
+            if listing and self._listed_at >= run.first_seen_ns:  # not a listing from before
                 run.missing = 0 if cid in self._listed_ids else run.missing + 1
             reading = self._reader.read(cid)
             if reading is None or run.missing >= MISSING_SNAPSHOTS:
@@ -259,16 +324,79 @@ class MeterAgent:
             self._send(self._message(run, MessageKind.SAMPLE))
         self._resend_finals()
 
+    def _scan_cgroups(self, now: int) -> None:
+        """Reads every unlabelled cgroup and starts metering new ones (see ``__init__``)."""
+        present = self._reader.present()
+        if present is None:
+            self._ignored &= self._listed_ids  # listing only: forget what is no longer listed
+            return
+        self._ignored &= present | self._listed_ids
+        self._finished = {
+            cid: at for cid, at in self._finished.items() if now - at < REMEMBER_FINISHED_NS
+        }
+        for cid, run in list(self._unlabelled.items()):
+            if run.gone_ns is None:
+                reading = self._reader.read(cid)
+                if reading is None:
+                    run.gone_ns = now
+                else:
+                    run.update(reading, self._clock())
+            elif now - run.gone_ns >= REMEMBER_FINISHED_NS:
+                del self._unlabelled[cid]
+                self._to_describe.discard(cid)
+                self.unlabelled_lost += 1
+                self._warn("unlabelled", f"container {cid[:12]} ended; runtime never said whose")
+        for cid in present:
+            if (
+                cid in self.runs or cid in self._unlabelled or cid in self._finished
+                or cid in self._ignored
+            ):  # fmt: skip
+                continue
+            reading = self._reader.read(cid)
+            if reading is None:
+                continue  # an emptied cgroup, left behind a moment after an exit
+            run = RunMeter(Container(cid, "", ""), None, self._clock())
+            run.update(reading, run.first_seen_ns)
+            self._unlabelled[cid] = run
+            self._to_describe.add(cid)
+
+    def _label(self, cid: str, described: Described | None) -> None:
+        """The runtime's answer for a cgroup found first: meter it as its run, or ignore it."""
+        run = self._unlabelled.pop(cid, None)
+        if run is None or cid in self.runs or cid in self._finished:
+            return  # the listing labelled it first, or it is over
+        if described is None or described.container is None:
+            self._ignored.add(cid)  # not a function container, or removed before we asked
+            if described is None:
+                self.unlabelled_lost += 1
+                self._warn("unlabelled", f"container {cid[:12]} gone before it was labelled")
+            return
+        run.container = described.container
+        run.start_at(_ns(described.started_at))
+        if self._start(run) and run.gone_ns is not None:  # ended before we knew whose it was
+            self._finish(cid, run)
+
     def _track(self, container: Container, started_ns: int | None) -> None:
-        run = RunMeter(container, started_ns, self._clock())
+        run = self._unlabelled.pop(container.container_id, None)
+        if run is None:
+            run = RunMeter(container, started_ns, self._clock())
+        else:  # metered since its cgroup appeared; the listing says whose it is
+            run.container = container
+            run.start_at(started_ns)
+        self._start(run)
+
+    def _start(self, run: RunMeter) -> bool:
+        """Sends STARTED and tracks the run; False if its labels cannot be encoded."""
+        container = run.container
         try:
             data = encode(self._message(run, MessageKind.STARTED), self._secret)
         except EncodeError as exc:  # e.g. no tenant label: we could never bill it anyway
             self._ignored.add(container.container_id)
             self._warn("labels", f"ignoring container {container.container_id[:12]}: {exc}")
-            return
+            return False
         self.runs[container.container_id] = run
         self._transmit(data)
+        return True
 
     def _finish(self, cid: str, run: RunMeter) -> None:
         del self.runs[cid]
@@ -305,12 +433,20 @@ class MeterAgent:
 
     async def run_forever(self) -> None:
         """Discover and sample every interval until cancelled."""
-        discovering = asyncio.create_task(self._every_interval(self.discover, "discovery"))
+
+        async def by_id() -> None:  # inspect calls, quick even when listing is slow
+            await asyncio.gather(self.describe_new(), self._resolve_exits())
+
+        loops = [
+            asyncio.create_task(self._every_interval(by_id, "labelling")),
+            asyncio.create_task(self._every_interval(self.list_running, "discovery")),
+        ]
         try:
             await self._every_interval(self.tick, "sampling")
         finally:
-            discovering.cancel()
-            await asyncio.gather(discovering, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
 
 
 class UdpSender:

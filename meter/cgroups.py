@@ -8,6 +8,8 @@ end of the run's memory integral.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +29,24 @@ class Reader(Protocol):
     def read(self, container_id: str) -> Reading | None:
         """The container's counters now, or None once it has exited."""
         ...
+
+    def present(self) -> set[str] | None:
+        """Ids of the containers that have a cgroup now (running, or just exited), or None
+        when this reader cannot list them. A directory listing: it never waits on the
+        runtime, which under load can take seconds to list its containers."""
+        ...
+
+
+_V1_GROUP = re.compile(r"libpod-([0-9a-f]{64})")
+_V2_SCOPE = re.compile(r"libpod-([0-9a-f]{64})\.scope")  # not libpod-conmon-<id>.scope
+
+
+def _ids(directory: Path, pattern: re.Pattern[str]) -> set[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return {m.group(1) for e in entries if (m := pattern.fullmatch(e.name)) and e.is_dir()}
+    except FileNotFoundError:  # no container has run under this parent yet
+        return set()
 
 
 def _stat(path: Path) -> dict[str, int]:
@@ -60,6 +80,17 @@ class CgroupReader:
         try:
             return self._read_v2(container_id) if self.v2 else self._read_v1(container_id)
         except (OSError, ValueError, KeyError):  # files vanish when the container exits
+            return None
+
+    def present(self) -> set[str] | None:
+        """Container ids with a cgroup under the parent (and, on v2, ``machine.slice``)."""
+        try:
+            if not self.v2:
+                return _ids(self._root / "memory" / self._parent, _V1_GROUP)
+            return _ids(self._root / self._parent, _V1_GROUP) | _ids(
+                self._root / "machine.slice", _V2_SCOPE
+            )
+        except OSError:
             return None
 
     def _read_v1(self, container_id: str) -> Reading | None:

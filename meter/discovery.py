@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -20,6 +20,14 @@ class Container:
     tenant: str
 
 
+@dataclass(frozen=True)
+class Described:
+    """What the runtime says about one container, asked by id (one inspect call)."""
+
+    container: Container | None  # None: no run id label, so not a function container
+    started_at: datetime | None
+
+
 class Discovery(Protocol):
     """What the agent asks the runtime. Blocking calls: the agent runs them in a thread."""
 
@@ -28,6 +36,12 @@ class Discovery(Protocol):
         ...
 
     def started_at(self, container_id: str) -> datetime | None: ...
+
+    def describe(self, container_id: str) -> Described | None:
+        """Labels and StartedAt of a container, running or exited; None if the runtime does
+        not know it (removed, or another runtime's). Cheap next to ``running`` under load:
+        one container, not a listing of all of them."""
+        ...
 
     def exit_code(self, container_id: str) -> int | None:
         """The exit code once the container has stopped; None while it runs or if gone."""
@@ -57,6 +71,23 @@ class DockerDiscovery:
         except docker.errors.NotFound:
             return None
         return state
+
+    def describe(self, container_id: str) -> Described | None:
+        try:
+            attrs: dict[str, Any] = self._client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        started = (attrs.get("State") or {}).get("StartedAt")
+        run_id = labels.get(RUN_ID_LABEL)
+        container = (
+            Container(container_id, run_id, labels.get(TENANT_LABEL, ""))
+            if isinstance(run_id, str)
+            else None
+        )
+        return Described(
+            container, parse_docker_time(started if isinstance(started, str) else None)
+        )
 
     def started_at(self, container_id: str) -> datetime | None:
         state = self._state(container_id)

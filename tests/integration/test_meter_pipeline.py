@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from app.kafka import KafkaEventPublisher, ensure_topics
 from app.runtime.podman import parse_docker_time
 from app.settings import Settings
 from infra import devstack
-from meter.agent import MeterAgent, udp_sender
+from meter.agent import FINAL_SENDS, MeterAgent, udp_sender
 from meter.cgroups import CgroupReader
 from meter.discovery import DockerDiscovery
 from meter.protocol import MessageKind, MeterMessage, encode
@@ -240,3 +241,88 @@ async def test_hostile_datagrams_are_dropped_and_counted(pipeline: Pipeline) -> 
         as_json = (await client.get(f"http://127.0.0.1:{port}/metrics.json")).json()
     assert 'faas_meter_datagrams_total{outcome="accepted"} 60' in text
     assert as_json["dropped"]["replayed"] == 10
+
+
+def _run_like_the_control_plane(podman_url: str, run_id: str) -> None:
+    """create + start, wait for the exit, then what the finisher does: logs, inspect,
+    remove. The container is gone from the runtime a moment after it exits."""
+    client = docker.DockerClient(base_url=podman_url, version="1.41", timeout=120)
+    try:
+        container = client.containers.create(
+            "localhost/faas-cpu", environment={"DURATION_S": "1"},
+            labels={"faas.run_id": run_id, "faas.tenant": "load@example.com"},
+            nano_cpus=100_000_000, mem_limit="32m", detach=True,
+        )  # fmt: skip
+        try:
+            container.start()
+            container.wait(timeout=120)
+            container.logs(tail=100)
+            container.reload()
+        finally:
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+async def test_many_short_runs_at_once_each_close_with_a_final_sample(pipeline: Pipeline) -> None:
+    """Issue 8: 200 runs at once left many runs without a single sample (the runtime's
+    listing took 5-10 s while containers were being created, longer than a 1 s run lives),
+    and the FINAL repeats were counted as ``replayed``. Every run must now be metered from
+    its cgroup to a FINAL sample with its CPU, and nothing legitimate is called a replay."""
+    runs = 40
+    meter = agent(pipeline, "load")
+    task = asyncio.create_task(meter.run_forever())
+    run_ids = [str(uuid.uuid4()) for _ in range(runs)]
+    try:
+        await asyncio.sleep(0.5)
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=runs) as pool:
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(pool, _run_like_the_control_plane, pipeline.podman_url, r)
+                    for r in run_ids
+                )
+            )
+        await asyncio.sleep(2.0)  # FINAL repeats (0.4 s apart) and EXITED of the last runs
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await pipeline.server.flush()
+    consumer = AIOKafkaConsumer(
+        pipeline.settings.kafka.metrics_topic,
+        bootstrap_servers=pipeline.settings.kafka.bootstrap, auto_offset_reset="earliest",
+    )  # fmt: skip
+    values: list[bytes] = []
+    await consumer.start()
+    try:
+        idle = 0
+        while idle < 4:
+            batch = await consumer.getmany(timeout_ms=250)
+            idle = 0 if batch else idle + 1
+            values.extend(r.value for rs in batch.values() for r in rs if r.value is not None)
+    finally:
+        await consumer.stop()
+    table, bad = samples_batch(values)
+    assert bad == []
+    samples = pl.from_arrow(table)
+    assert isinstance(samples, pl.DataFrame)
+    last = (
+        samples.filter(pl.col("node") == "load")
+        .sort("seq")
+        .group_by("run_id", maintain_order=True)
+        .agg(pl.col("final").last(), pl.col("cpu_ns").last(), pl.col("final").sum().alias("finals"))
+    )
+    by_run = {row["run_id"]: row for row in last.iter_rows(named=True)}
+    missing = [r for r in run_ids if r not in by_run]
+    not_final = [r for r in run_ids if r in by_run and not by_run[r]["final"]]
+    print(f"{runs} runs at once: {len(by_run)} runs metered; agent lost {meter.unlabelled_lost}")
+    assert missing == [] and not_final == [], (missing, not_final)
+    assert all(by_run[r]["finals"] == 1 and by_run[r]["cpu_ns"] > 0 for r in run_ids)
+    assert meter.unlabelled_lost == 0
+    counters = pipeline.server.counters
+    assert counters.dropped["replayed"] == 0, counters.as_dict()
+    assert counters.dropped["duplicate"] >= (FINAL_SENDS - 1) * runs  # the FINAL repeats
+    assert (
+        counters.received
+        == counters.accepted + sum(counters.dropped.values()) + counters.dropped_buffer_full
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from datetime import UTC, datetime
 from fractions import Fraction
 
@@ -13,7 +14,7 @@ import pytest
 from app.settings import Settings
 from meter.agent import FINAL_SENDS, SEQ_EPOCH_SHIFT, MeterAgent
 from meter.cgroups import Reading
-from meter.discovery import Container
+from meter.discovery import Container, Described
 from meter.protocol import MessageKind, MeterMessage, decode
 
 SECRET = "agent-unit-secret"
@@ -30,6 +31,9 @@ class FakeDiscovery:
         self.codes: dict[str, int] = {}
         self.fail = False
         self.calls = 0
+        self.exited: dict[str, Container] = {}  # inspectable after exit, until removed
+        self.foreign: set[str] = set()  # containers without a run id label
+        self.described: list[str] = []
 
     def _check(self) -> None:
         self.calls += 1
@@ -48,13 +52,27 @@ class FakeDiscovery:
         self._check()
         return self.codes.get(container_id)
 
+    def describe(self, container_id: str) -> Described | None:
+        self._check()
+        self.described.append(container_id)
+        if container_id in self.foreign:
+            return Described(None, None)
+        known = {c.container_id: c for c in self.containers} | self.exited
+        if container_id not in known:
+            return None
+        return Described(known[container_id], self.starts.get(container_id))
+
 
 class FakeReader:
     def __init__(self) -> None:
         self.readings: dict[str, Reading | None] = {}
+        self.cgroups: set[str] | None = None  # None: cannot list (the runtime's listing only)
 
     def read(self, container_id: str) -> Reading | None:
         return self.readings.get(container_id)
+
+    def present(self) -> set[str] | None:
+        return None if self.cgroups is None else set(self.cgroups)
 
 
 class Clock:
@@ -336,3 +354,131 @@ def test_constructor_rejects_missing_dependencies_and_bad_settings() -> None:
     long_node = Settings(meter={"secret": SECRET, "node": "n" * 65})  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         MeterAgent(long_node, *parts[1:])  # type: ignore[arg-type]
+
+
+# -- cgroup-first discovery: the runtime's listing is too slow under load -----------------------
+
+
+def cgroup_rig() -> Rig:
+    rig = Rig()
+    rig.reader.cgroups = set()
+    return rig
+
+
+def appear(rig: Rig, container: Container, started_ns: int = T0) -> None:
+    """A container starts: its cgroup appears and the runtime can inspect it by id, but
+    its listing has not caught up (as with podman while many containers start at once)."""
+    rig.discovery.exited[container.container_id] = container
+    rig.discovery.starts[container.container_id] = as_datetime(started_ns)
+    assert rig.reader.cgroups is not None
+    rig.reader.cgroups.add(container.container_id)
+
+
+def vanish(rig: Rig, container: Container) -> None:
+    assert rig.reader.cgroups is not None
+    rig.reader.cgroups.discard(container.container_id)
+    rig.reader.readings[container.container_id] = None
+
+
+async def test_a_run_never_listed_is_metered_from_its_cgroup_to_a_final_sample() -> None:
+    rig = cgroup_rig()
+    appear(rig, C1)
+    rig.discovery.codes[C1.container_id] = 0
+    await rig.step(100, run_1=Reading(cpu_ns=10, memory_bytes=1000))  # found, read
+    await rig.step(250, run_1=Reading(cpu_ns=30, memory_bytes=3000))  # labelled, sampled
+    await rig.step(250, run_1=Reading(cpu_ns=30, memory_bytes=3000))
+    vanish(rig, C1)
+    for _ in range(6):
+        await rig.step(250)
+    messages = rig.messages("run-1")
+    assert messages[0].kind is MessageKind.STARTED
+    samples = [m for m in messages if m.kind is MessageKind.SAMPLE]
+    # The same integral as with StartedAt known from the start (first test above): the
+    # first level is carried back to StartedAt once the runtime tells it.
+    assert [s.memory_byte_ms for s in samples] == [600_000, 1_350_000] + [1_350_000] * FINAL_SENDS
+    assert [s.final for s in samples] == [False, False] + [True] * FINAL_SENDS
+    assert len({s.seq for s in samples}) == 2 + 1  # the FINAL copies share one seq
+    (exited,) = [m for m in messages if m.kind is MessageKind.EXITED]
+    assert exited.final and exited.exit_code == 0 and exited.seq > samples[-1].seq
+    assert rig.discovery.described == [C1.container_id]  # asked once, by id
+    assert not rig.agent.runs
+
+
+async def test_a_run_that_ends_before_the_runtime_answers_still_gets_its_final_sample() -> None:
+    rig = cgroup_rig()
+    appear(rig, C1)
+    rig.discovery.fail = True  # the runtime is too busy to answer for now
+    await rig.step(100, run_1=Reading(cpu_ns=7, memory_bytes=2048))
+    await rig.step(250, run_1=Reading(cpu_ns=9, memory_bytes=2048))
+    vanish(rig, C1)
+    await rig.step(250)
+    assert rig.sent == []  # whose it is is still unknown: nothing can be sent yet
+    rig.discovery.fail = False
+    rig.discovery.codes[C1.container_id] = 0
+    for _ in range(6):
+        await rig.step(250)
+    messages = rig.messages("run-1")
+    kinds = [m.kind for m in messages]
+    assert kinds[0] is MessageKind.STARTED and kinds.count(MessageKind.EXITED) == 1
+    assert kinds.count(MessageKind.SAMPLE) == FINAL_SENDS
+    final = messages[1]
+    assert final.final and final.cpu_ns == 9
+    assert final.memory_byte_ms == 2048 * (100 + 250)  # carried back 100 ms to StartedAt
+    assert final.time_unix_ns == T0 + 350 * MS  # the last reading, not when it was labelled
+
+
+async def test_a_container_that_is_not_a_function_is_asked_about_once_and_never_sent() -> None:
+    rig = cgroup_rig()
+    foreign = Container("f0" * 32, "", "")
+    assert rig.reader.cgroups is not None
+    rig.reader.cgroups.add(foreign.container_id)
+    rig.reader.readings[foreign.container_id] = Reading(1, 1)
+    rig.discovery.foreign.add(foreign.container_id)
+    for _ in range(5):
+        await rig.step(250)
+    assert rig.sent == [] and rig.discovery.described == [foreign.container_id]
+
+
+async def test_a_listing_asked_for_before_a_cgroup_appeared_does_not_count_against_it() -> None:
+    rig = cgroup_rig()
+    gate = threading.Event()
+    listing_rig_running = rig.discovery.running
+
+    def slow_running() -> list[Container]:
+        gate.wait(10)  # podman under load: seconds per listing
+        return listing_rig_running()
+
+    rig.discovery.running = slow_running  # type: ignore[method-assign]
+    listing = asyncio.create_task(rig.agent.list_running())
+    await asyncio.sleep(0.05)  # asked for now, at T0
+    appear(rig, C1)
+    rig.reader.readings[C1.container_id] = Reading(cpu_ns=1, memory_bytes=1)
+    for _ in range(2):  # found by its cgroup, then labelled by id
+        rig.clock.advance_ms(100)
+        rig.agent.tick()
+        await rig.agent.describe_new()
+    gate.set()
+    await listing  # without C1: it was asked for before C1 existed
+    rig.clock.advance_ms(100)
+    rig.reader.readings[C1.container_id] = Reading(cpu_ns=3, memory_bytes=1)
+    rig.agent.tick()
+    assert rig.agent.runs[C1.container_id].missing == 0
+    listing = asyncio.create_task(rig.agent.list_running())  # asked for now: it counts
+    await listing
+    rig.agent.tick()
+    assert rig.agent.runs[C1.container_id].missing == 1
+
+
+async def test_an_unlabelled_cgroup_that_ended_is_given_up_after_a_minute() -> None:
+    rig = cgroup_rig()
+    appear(rig, C1)
+    rig.discovery.fail = True
+    await rig.step(100, run_1=Reading(cpu_ns=7, memory_bytes=2048))
+    vanish(rig, C1)
+    await rig.step(250)
+    rig.clock.advance_ms(60_000)
+    await rig.step(250)
+    assert rig.agent.unlabelled_lost == 1 and rig.sent == []
+    rig.discovery.fail = False
+    await rig.step(250)
+    assert rig.sent == []

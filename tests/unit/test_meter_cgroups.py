@@ -87,6 +87,26 @@ def test_v2_gone_or_empty_is_none(tmp_path: Path) -> None:
     assert reader.read(CID) is None
 
 
+def test_present_lists_container_cgroups_only(tmp_path: Path) -> None:
+    reader = CgroupReader(tmp_path)
+    assert reader.present() == set()  # no container has run yet: no parent directory
+    v1_tree(tmp_path, usage=1, inactive=0, cpu=1)
+    parent = tmp_path / "memory" / "libpod_parent"
+    (parent / "conmon").mkdir()
+    (parent / "libpod-short").mkdir()
+    (parent / f"libpod-{'cd' * 32}").write_text("")  # a file, not a cgroup
+    assert reader.present() == {CID}
+
+
+def test_v2_present_covers_both_layouts_but_not_conmon_scopes(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    other = "ef" * 32
+    (tmp_path / "libpod_parent" / f"libpod-{CID}").mkdir(parents=True)
+    (tmp_path / "machine.slice" / f"libpod-{other}.scope").mkdir(parents=True)
+    (tmp_path / "machine.slice" / f"libpod-conmon-{other}.scope").mkdir()
+    assert CgroupReader(tmp_path).present() == {CID, other}
+
+
 def test_constructor_rejects_none() -> None:
     with pytest.raises(ValueError):
         CgroupReader(None)  # type: ignore[arg-type]
