@@ -1,10 +1,11 @@
 """Ray Serve's HTTP overhead on our two hottest routes, next to the same FastAPI apps on a
 bare uvicorn in the same run:
 
-- ``POST /v1/functions/run`` (accept only: the 202 comes once the container runs, so each
-  request includes a real podman create+start; the image ``localhost/faas-crash`` with
-  ``EXIT_CODE=0`` exits at once, so the reconciler removes containers as fast as they come
-  and the load does not pile up running functions that would slow later requests),
+- ``POST /v1/functions/run`` (accept only: the 202 comes once the run is queued in the
+  store; the starter creates and starts the containers meanwhile, so podman is busy beside
+  the requests; the image ``localhost/faas-crash`` with ``EXIT_CODE=0`` exits at once, so
+  the reconciler removes containers as fast as they come and the load does not pile up
+  running functions that would slow later requests),
 - ``GET /billing/{email}`` with 1,000,000 invoices (1,000 tenants x 1,000) in the embedded
   ClickHouse engine; the bare app reads its own copy of the data (one process per path).
 

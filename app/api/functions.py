@@ -13,8 +13,8 @@ from app.api.auth import Authenticator, Caller, CallerDep, forbidden
 from app.api.common import JsonBodyRoute, field_error, plain_error, readiness_gate
 from app.api.input_guard import InputGuard
 from app.api.keys import keys_router
-from app.control import ControlPlane, FieldError, RunConflict, RunNotFound
-from app.runtime import ImageNotFound, RuntimeError_, RuntimeUnavailable
+from app.control import ControlPlane, FieldError, RunNotFound
+from app.runtime import RuntimeError_, RuntimeUnavailable
 from app.schemas import RunAccepted, RunRequest, RunView
 from app.store.api_keys import ApiKeyRepository
 
@@ -45,11 +45,14 @@ def functions_router(control: ControlPlane) -> APIRouter:
             **_AUTH,
             403: {"description": "email is not the key's tenant"},
             422: {"description": "invalid field"},
-            503: {"description": "runtime down"},
+            503: {"description": "the runtime has been unreachable for FAAS_RUNTIME_LOST_AFTER_S"},
         },
     )
     async def run_function(body: RunRequest, caller: CallerDep) -> RunAccepted:
-        """Start a container for the tenant. The body is JSON whatever the Content-Type."""
+        """Accept a run for the tenant: answered ``pending`` at once, its container is
+        started shortly after (poll ``GET /v1/functions/{id}``; a runtime that refuses the
+        image ends it ``failed`` with the cause in ``message``). The body is JSON whatever
+        the Content-Type."""
         if not caller.may_act_for(str(body.email)):
             raise forbidden("body", "email", _FOREIGN)
         run = await control.submit(body)
@@ -98,11 +101,10 @@ def install_error_handlers(api: FastAPI) -> None:
         assert isinstance(exc, FieldError)
         return field_error(exc.field, exc.message)
 
-    async def image(_: Request, exc: Exception) -> JSONResponse:
-        return field_error("image_name", f"image not available to the runtime: {exc}")
-
+    # A run's image and start are the starter's business (the run ends ``failed``, naming
+    # the cause); what reaches here is a stop or a logs read the runtime refused.
     async def refused(_: Request, exc: Exception) -> JSONResponse:
-        return field_error("image_name", f"the runtime could not start the container: {exc}")
+        return plain_error(f"the container runtime refused the operation: {exc}", 502)
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         return plain_error(f"container runtime unavailable, try again later ({exc})", 503)
@@ -110,15 +112,10 @@ def install_error_handlers(api: FastAPI) -> None:
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return plain_error(str(exc), 404)
 
-    async def conflict(_: Request, exc: Exception) -> JSONResponse:
-        return plain_error(str(exc), 409)
-
     api.add_exception_handler(FieldError, field)
-    api.add_exception_handler(ImageNotFound, image)
     api.add_exception_handler(RuntimeError_, refused)
     api.add_exception_handler(RuntimeUnavailable, unavailable)
     api.add_exception_handler(RunNotFound, not_found)
-    api.add_exception_handler(RunConflict, conflict)
 
 
 def create_functions_api(

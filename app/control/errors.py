@@ -14,7 +14,3 @@ class RunNotFound(LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} not found")
         self.run_id = run_id
-
-
-class RunConflict(Exception):
-    """The run is in a state that does not allow the operation yet."""

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from app.events import Stopped
-from app.runtime import ContainerState, Runtime
+from app.runtime import ContainerState, Runtime, RuntimeError_, RuntimeUnavailable
 from app.runtime.isolation import SIGKILL_EXIT
 from app.schemas import RunStatus, StopReason
 from app.settings import RuntimeSettings
-from app.store.runs import Finish, OutgoingEvent, RunRecord, RunRepository
+from app.store.runs import ACTIVE, STARTING, Finish, OutgoingEvent, RunRecord, RunRepository
 
 
 def outcome_of_exit(
@@ -64,6 +65,19 @@ class Finisher:
         finally:
             self.closing.discard(run.id)
 
+    async def cancel(self, run: RunRecord) -> bool:
+        """Stop a run that is not running yet: no container is left and nothing is billed
+        (it never started). False when it started (or ended) meanwhile."""
+        won = await self.finish(
+            run, RunStatus.STOPPED, StopReason.STOPPED, "stopped before it started",
+            reach_runtime=False, only_from=STARTING,
+        )  # fmt: skip
+        if won and run.container_id is not None:
+            # If the runtime is away, the reconciler removes it with the leftovers.
+            with contextlib.suppress(RuntimeUnavailable, RuntimeError_):
+                await self._runtime.remove(run.container_id)
+        return won
+
     async def finish_exited(self, run: RunRecord, state: ContainerState) -> None:
         status, reason, message = outcome_of_exit(state, run.memory_mb)
         await self.finish(run, status, reason, message, state)
@@ -77,10 +91,12 @@ class Finisher:
         state: ContainerState | None = None,
         *,
         reach_runtime: bool = True,
+        only_from: Sequence[RunStatus] = ACTIVE,
     ) -> bool:
-        """Commit the final state and the ``stopped`` event. ``reach_runtime=False`` closes a
-        run whose runtime is gone: no logs or exit code, and the container, if it is still
-        there, is removed once the runtime is back (the reconciler's leftovers)."""
+        """Commit the final state and the ``stopped`` event, if the run is still in one of
+        ``only_from``. ``reach_runtime=False`` closes a run without asking the runtime (it is
+        gone, or the container never ran): no logs or exit code, and the container, if there
+        is one, is removed by the caller or later with the reconciler's leftovers."""
         logs = None
         if run.container_id is not None and reach_runtime:
             logs = await self._runtime.logs(run.container_id, self._limits.log_tail_bytes)
@@ -106,7 +122,9 @@ class Finisher:
         )
         finish = Finish(status, reason, exit_code, finished_at, logs, message)
         outgoing = OutgoingEvent(self._topic, run.id, event.model_dump_json())
-        won = await asyncio.to_thread(self._runs.finish, run.id, finish, outgoing)
+        won = await asyncio.to_thread(
+            self._runs.finish, run.id, finish, outgoing, only_from=only_from
+        )
         if won:
             self._on_commit()
         if run.container_id is not None and reach_runtime:

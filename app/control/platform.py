@@ -65,6 +65,8 @@ class ControlPlaneApp:
             asyncio.create_task(
                 self.reconciler.run_forever(self.settings.runtime.reconcile_interval_s)
             ),
+            # Runs accepted before a restart are still queued in the store: started now.
+            asyncio.create_task(self.control.starter.run_forever()),
         ]
 
     async def _ensure_topics(self) -> None:
@@ -77,6 +79,7 @@ class ControlPlaneApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.control.starter.close()
         with contextlib.suppress(Exception):
             await self.relay.publish_pending()
         await self.publisher.close()

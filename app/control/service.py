@@ -1,22 +1,23 @@
-"""Accepting, inspecting and stopping runs."""
+"""Accepting, inspecting and stopping runs (the starter starts them, the reconciler
+watches them run)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
-from app.control.errors import FieldError, RunConflict, RunNotFound
+from app.control.errors import FieldError, RunNotFound
 from app.control.finisher import Finisher
-from app.events import Deployed, Started
-from app.runtime import ContainerSpec, Runtime
+from app.control.health import RuntimeHealth
+from app.control.starter import Starter
+from app.runtime import Runtime, RuntimeUnavailable
 from app.schemas import RunRequest, RunStatus, StopReason
 from app.settings import RuntimeSettings
 from app.store.models import RunRow
-from app.store.runs import OutgoingEvent, RunRecord, RunRepository
+from app.store.runs import STARTING, RunRecord, RunRepository
 from app.tariffs.schemas import TariffView
 
 
@@ -49,7 +50,8 @@ class ControlPlane:
         self.limits = limits
         self.topic = topic
         self.finisher = Finisher(runs, runtime, topic, limits, on_commit=on_commit)
-        self._on_commit = on_commit
+        self.starter = Starter(runs, runtime, self.finisher, limits, topic, on_commit=on_commit)
+        self.health = RuntimeHealth(limits.lost_after_s)  # kept up to date by the reconciler
 
     def _checked(self, request: RunRequest) -> tuple[float, int, int]:
         limits = self.limits
@@ -68,70 +70,35 @@ class ControlPlane:
         return cpu, memory_mb, timeout_s
 
     async def submit(self, request: RunRequest) -> RunRecord:
-        """Create and start the container. On any runtime failure nothing is left behind."""
+        """Accept a run: checked, its tariff resolved, queued ``pending`` for the starter.
+        Answers without waiting for the runtime; a runtime lost for good refuses it."""
         cpu, memory_mb, timeout_s = self._checked(request)
+        now = utcnow()
+        if self.health.lost(now):
+            raise RuntimeUnavailable(
+                f"unreachable for more than {self.limits.lost_after_s:.0f}s; runs are not accepted"
+            )
         try:
             tariff = await asyncio.to_thread(self.tariffs.resolve, request.tariff)
         except LookupError as exc:
             raise FieldError("tariff", str(exc)) from exc
-        run_id = str(uuid.uuid4())
         row = RunRow(
-            id=run_id,
+            id=str(uuid.uuid4()),
             email=str(request.email),
             image_name=request.image_name,
             command=request.command,
+            env=request.env,
             cpu=cpu,
             memory_mb=memory_mb,
             timeout_s=timeout_s,
             tariff=tariff.name,
             tariff_id=tariff.id,
             status=RunStatus.PENDING.value,
-            created_at=utcnow(),
+            created_at=now,
         )
-        await asyncio.to_thread(self.runs.add_pending, row)
-        spec = ContainerSpec(
-            run_id=run_id,
-            tenant=row.email,
-            image=request.image_name,
-            cpu=cpu,
-            memory_mb=memory_mb,
-            env=request.env,
-            command=request.command,
-            owner=self.limits.owner or "",
-            timeout_s=timeout_s,
-        )
-        container_id: str | None = None
-        try:
-            container_id = await self.runtime.create(spec)
-            deployed_at = utcnow()
-            state = await self.runtime.start(container_id)
-        except BaseException:
-            await self._undo(run_id, container_id)
-            raise
-        started_at = state.started_at or utcnow()
-        common = {"run_id": run_id, "tenant": row.email, "image_name": row.image_name}
-        deployed = Deployed(
-            **common, event_time=deployed_at, cpu=cpu, memory_mb=memory_mb, timeout_s=timeout_s,
-            tariff=tariff.name, tariff_id=tariff.id,
-        )  # fmt: skip
-        started = Started(**common, event_time=started_at, started_at=started_at)
-        events = [
-            OutgoingEvent(self.topic, run_id, e.model_dump_json()) for e in (deployed, started)
-        ]
-        deadline = started_at + timedelta(seconds=timeout_s)
-        await asyncio.to_thread(
-            self.runs.mark_running, run_id, container_id, started_at, deadline, events
-        )
-        self._on_commit()
-        return await self.get(run_id)
-
-    async def _undo(self, run_id: str, container_id: str | None) -> None:
-        if container_id is not None:
-            # If this fails too, the reconciler removes the container later; the caller
-            # still gets the original error.
-            with contextlib.suppress(Exception):
-                await self.runtime.remove(container_id)
-        await asyncio.to_thread(self.runs.discard, run_id)
+        accepted = await asyncio.to_thread(self.runs.add_pending, row)
+        self.starter.wake()
+        return accepted
 
     async def get(self, run_id: str) -> RunRecord:
         run = await asyncio.to_thread(self.runs.get, run_id)
@@ -143,12 +110,17 @@ class ControlPlane:
         return await asyncio.to_thread(self.runs.by_email, email, limit, offset)
 
     async def stop(self, run_id: str) -> RunRecord:
-        """Stop a running function; stopping a finished run changes nothing."""
+        """Stop a function: a queued one ends before its container runs, a running one is
+        stopped; stopping a finished run changes nothing."""
         run = await self.get(run_id)
         if run.status.is_final:
             return run
-        if run.container_id is None:
-            raise RunConflict(f"run {run_id} is still being deployed; retry shortly")
+        if run.status in STARTING:
+            if await self.finisher.cancel(run):
+                return await self.get(run_id)
+            run = await self.get(run_id)  # it started (or ended) meanwhile
+            if run.status.is_final:
+                return run
         await self.finisher.stop_and_finish(run, RunStatus.STOPPED, StopReason.STOPPED)
         return await self.get(run_id)
 

@@ -4,6 +4,7 @@ listing again only when the server says that version is gone (410)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -61,6 +62,10 @@ class WatchCache:
         """Close the current watch connection (the loop resumes from the last version)."""
         response = self._response
         if response is not None:
+            # close() alone leaves the reader blocked in recv() until the server ends the
+            # watch (up to a minute); shutdown() wakes it at once (urllib3 >= 2.3).
+            with contextlib.suppress(Exception):
+                response.shutdown()
             response.close()
 
     def get(self, name: str) -> Obj | None:

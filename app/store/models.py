@@ -52,6 +52,9 @@ class RunRow(Base):
     email: Mapped[str] = mapped_column(String(254))
     image_name: Mapped[str] = mapped_column(String(255))
     command: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # Kept only from acceptance until the container exists (the starter needs it), then
+    # cleared: the store does not keep tenants' secrets longer than the start takes.
+    env: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     cpu: Mapped[float] = mapped_column(Float)
     memory_mb: Mapped[int] = mapped_column(Integer)
     timeout_s: Mapped[int] = mapped_column(Integer)

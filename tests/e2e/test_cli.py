@@ -33,10 +33,15 @@ def test_run_follow_status_logs_and_stop(platform: Platform) -> None:
     assert "exiting with code 3" in output and "failed" in output
 
     code, output = faas(platform, "run", "localhost/faas-echo", "--email", email, "--json")
-    assert code == 0
+    assert code == 0 and json.loads(output)["status"] == "pending"
     run_id = json.loads(output)["id"]
-    code, output = faas(platform, "status", run_id, "--json")
-    assert code == 0 and json.loads(output)["status"] == "running"
+    deadline = time.monotonic() + 30
+    while (status := json.loads(faas(platform, "status", run_id, "--json")[1])["status"]) in (
+        "pending",
+        "deployed",
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == "running"
     code, output = faas(platform, "stop", run_id, "--json")
     assert code == 0 and json.loads(output)["status"] == "stopped"
     code, output = faas(platform, "logs", run_id)

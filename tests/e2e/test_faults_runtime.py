@@ -62,25 +62,34 @@ async def test_runtime_dies_under_a_running_function(platform: Platform, stack_d
     os.kill(service, signal.SIGKILL)  # the API service only: the container keeps running
     died_at = time.monotonic()
     try:
-        # Nothing hangs while the runtime is away: reads answer, writes are told to retry.
+        # Nothing hangs while the runtime is away: reads answer, a run is accepted (it waits
+        # for the runtime), and once the runtime counts as lost new runs are told to retry.
         assert timed_get(platform, f"/v1/functions/{run_id}")[0] == 200
         status, took = timed_get(platform, f"/v1/functions/{run_id}/logs")
         assert status in (200, 503) and took < 5, (status, took)
-        refused = platform.http.post(
-            "/v1/functions/run",
-            json={"image_name": "localhost/faas-cpu", "email": tenant, "tariff": tariff},
-        )
-        assert refused.status_code == 503, refused.text
+        body = {"image_name": "localhost/faas-cpu", "email": tenant, "tariff": tariff}
+        queued = platform.http.post("/v1/functions/run", json=body)
+        assert queued.status_code == 202 and queued.json()["status"] == "pending", queued.text
         run = wait_until(
             lambda: (r := run_state(platform, run_id))["finished_at"] and r,
             LOST_AFTER_S + 15, "the run given up after the runtime was lost",
         )  # fmt: skip
         print(f"run failed {time.monotonic() - died_at:.1f}s after the runtime died: {run}")
         assert run["status"] == "failed" and run["message"].startswith("runtime_lost"), run
+        never = wait_until(
+            lambda: (r := run_state(platform, queued.json()["id"]))["finished_at"] and r,
+            15, "the queued run given up with the running one",
+        )  # fmt: skip
+        assert never["status"] == "failed" and never["started_at"] is None, never
+        assert never["message"].startswith("runtime_lost") and "never started" in never["message"]
+        refused = platform.http.post("/v1/functions/run", json=body)
+        assert refused.status_code == 503, refused.text
     finally:
         devstack.start_podman_service(state, socket_path)
     # Back: the leftover container (still running under conmon) is removed.
     wait_until(lambda: not containers_of(run_id), 30, f"the leftover container of {run_id} removed")
+    assert not containers_of(queued.json()["id"])
+    # Only the run that ran is invoiced (invoices_listed checks there is no other).
     invoices = invoices_listed(platform, tenant, [run_id], timeout_s=60)
     await assert_one_invoice_each(tenant, invoices)
     lines = {x["kind"]: Decimal(x["quantity"]) for x in invoices[run_id]["lines"]}

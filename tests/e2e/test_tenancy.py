@@ -71,6 +71,10 @@ def test_a_tenant_cannot_see_or_touch_another_tenants_runs_logs_or_invoices(
         {"image_name": "localhost/faas-crash", "email": B, "env": {"EXIT_CODE": "0"}},
     )
     live = run(platform, key_b, {"image_name": "localhost/faas-echo", "email": B, "timeout_s": 60})
+    deadline = time.monotonic() + 30  # running, so that its stop is billed
+    while http.get(f"/v1/functions/{live}", headers=bearer(key_b)).json()["status"] != "running":
+        assert time.monotonic() < deadline, f"run {live} did not start"
+        time.sleep(0.2)
     for run_id in (done, live):
         assert http.get(f"/v1/functions/{run_id}", headers=bearer(key_a)).status_code == 404
         assert http.get(f"/v1/functions/{run_id}/logs", headers=bearer(key_a)).status_code == 404

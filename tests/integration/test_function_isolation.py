@@ -17,6 +17,7 @@ from app.settings import RuntimeSettings
 from app.store.db import make_engine, migrate
 from app.store.runs import RunRecord, RunRepository
 from app.tariffs.repository import TariffRepository
+from tests.integration.control_kit import start_queued
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
 
@@ -40,9 +41,16 @@ async def control(podman_url: str, tmp_path: Path) -> AsyncIterator[ControlPlane
         engine.dispose()
 
 
+async def submit_started(control: ControlPlane, request: RunRequest) -> RunRecord:
+    """Accept the run and let the starter start it."""
+    run = await control.submit(request)
+    await start_queued(control)
+    return await control.get(run.id)
+
+
 async def run_to_end(control: ControlPlane, request: RunRequest) -> tuple[RunRecord, str]:
     """Submit, reconcile until the run is final; its record and stored logs."""
-    run = await control.submit(request)
+    run = await submit_started(control, request)
     reconciler = Reconciler(control)
     for _ in range(150):
         await reconciler.reconcile_once()
@@ -96,7 +104,9 @@ async def test_no_privileges_read_only_root_non_root_user(control: ControlPlane)
 async def test_a_function_cannot_see_another_functions_env(control: ControlPlane) -> None:
     secret = "s3cr3t-value-of-tenant-a"
     # The holder shows the secret is really in its env, then stays running meanwhile.
-    holder = await control.submit(shell("env | grep API_SECRET; sleep 20", API_SECRET=secret))
+    holder = await submit_started(
+        control, shell("env | grep API_SECRET; sleep 20", API_SECRET=secret)
+    )
     try:
         dump = "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; env"
         run, logs = await run_to_end(control, shell(dump))
@@ -116,7 +126,7 @@ async def test_limits_are_set_even_when_the_request_names_none(
     import docker
 
     bare = RunRequest(image_name="localhost/faas-echo", email="iso@example.com")
-    run = await control.submit(bare)
+    run = await submit_started(control, bare)
     try:
         assert run.container_id is not None
         client = docker.DockerClient(base_url=podman_url, version="1.41")

@@ -78,6 +78,17 @@ def pod_of(core: client.CoreV1Api, namespace: str, job: str) -> client.V1Pod:
     raise AssertionError(f"no pod for job {job}")
 
 
+def running_pod(core: client.CoreV1Api, namespace: str, job: str) -> client.V1Pod:
+    """The job's pod once kwok has moved it to Running (its watch makes that near-instant)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pod = pod_of(core, namespace, job)
+        if pod.status.phase == "Running":
+            return pod
+        time.sleep(0.1)
+    raise AssertionError(f"pod of {job} still {pod.status.phase}")
+
+
 def finish_pod(api: client.ApiClient, namespace: str, job: str, exit_code: int) -> None:
     """kwok's stages (infra/kube/stages.yaml) end the pod when it carries this annotation."""
     core = client.CoreV1Api(api)
@@ -118,8 +129,8 @@ async def test_run_creates_the_job_with_the_exact_spec(
     secret = client.CoreV1Api(api).read_namespaced_secret(ref.name, namespace)
     assert secret.metadata.owner_references[0].uid == job.metadata.uid
     assert base64.b64decode(secret.data[ref.key]).decode() == "b" * 100
-    pod = pod_of(client.CoreV1Api(api), namespace, name)
-    assert pod.spec.node_name == NODE_NAME and pod.status.phase == "Running"
+    pod = running_pod(client.CoreV1Api(api), namespace, name)
+    assert pod.spec.node_name == NODE_NAME
     assert [s.run_id for s in await runtime.list_runs()] == [run.run_id]
 
 
@@ -160,3 +171,80 @@ async def test_stop_deletes_job_and_pod(
     raise AssertionError(
         f"left behind: job gone={job_gone}, pods={len(pods)}, secrets={len(secrets)}"
     )
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "outcome"),
+    [
+        (0, (RunStatus.SUCCEEDED, StopReason.EXITED, None)),
+        (3, (RunStatus.FAILED, StopReason.EXITED, "exited with code 3")),
+    ],
+)
+async def test_pod_phases_move_the_run_to_its_end(
+    runtime: KubernetesRuntime,
+    api: client.ApiClient,
+    namespace: str,
+    exit_code: int,
+    outcome: tuple[RunStatus, StopReason, str | None],
+) -> None:
+    name = await runtime.create(spec())
+    started = await runtime.start(name)
+    assert started.running
+    running_pod(client.CoreV1Api(api), namespace, name)
+    assert (await runtime.inspect(name)).running  # type: ignore[union-attr]
+    finish_pod(api, namespace, name, exit_code)
+    state = await eventually(runtime, name, lambda s: s is not None and not s.running, "end")
+    assert state is not None and state.exit_code == exit_code and state.finished_at is not None
+    assert outcome_of_exit(state, 96) == outcome
+
+
+async def test_a_dropped_watch_resumes_without_missing_a_transition(
+    api: client.ApiClient, namespace: str
+) -> None:
+    # Reconnecting only after 3 s leaves a window in which the pod ends unseen.
+    runtime = make_runtime(api, namespace, reconnect_delay_s=3.0)
+    try:
+        name = await runtime.create(spec())
+        await runtime.start(name)
+        running_pod(client.CoreV1Api(api), namespace, name)
+        await eventually(runtime, name, lambda s: s is not None and s.running, "running")
+        runtime.pods.drop()
+        runtime.jobs.drop()
+        finish_pod(api, namespace, name, 0)
+        await asyncio.sleep(1.0)
+        assert not runtime.pods.connected, "the watch should still be down"
+        state = await eventually(runtime, name, lambda s: s is not None and not s.running, "end")
+        assert state is not None and state.exit_code == 0
+        # Resumed from the last resourceVersion: the server replayed the missed events.
+        assert runtime.pods.relists == 0 and runtime.jobs.relists == 0
+    finally:
+        await runtime.close()
+
+
+async def test_a_version_the_server_forgot_means_a_fresh_list(
+    api: client.ApiClient, namespace: str, kube_cluster: KubeCluster
+) -> None:
+    runtime = make_runtime(api, namespace, reconnect_delay_s=3.0)
+    try:
+        name = await runtime.create(spec())
+        await runtime.start(name)
+        running_pod(client.CoreV1Api(api), namespace, name)
+        await eventually(runtime, name, lambda s: s is not None and s.running, "running")
+        last_seen = int(runtime.pods.resource_version)
+        runtime.pods.drop()
+        finish_pod(api, namespace, name, 0)
+        # etcd forgets every version up to now: resuming at last_seen answers 410 Gone, and
+        # the cache must list again instead of looping on the dead version.
+        assert kube_cluster.compact_etcd() > last_seen
+        pods = runtime.pods
+
+        def relisted_and_ended() -> bool:
+            phases = [(p.get("status") or {}).get("phase") for p in pods.values()]
+            return pods.relists >= 1 and phases == ["Succeeded"]
+
+        assert await asyncio.to_thread(pods.wait_for, relisted_and_ended, 20), pods.values()
+        assert pods.relists == 1 and int(pods.resource_version) > last_seen
+        state = await runtime.inspect(name)
+        assert state is not None and not state.running and state.exit_code == 0
+    finally:
+        await runtime.close()

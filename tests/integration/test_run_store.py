@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 from app.schemas import RunStatus, StopReason
 from app.store.db import MIGRATIONS, make_engine, migrate
 from app.store.models import RunRow
-from app.store.runs import Finish, OutgoingEvent, RunRepository
+from app.store.runs import STARTING, Finish, OutgoingEvent, RunRepository
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,18 +85,34 @@ def test_state_change_and_its_events_commit_together(database_url: str) -> None:
     assert runs.finished_ids(["r1", "other"]) == {"r1"}
 
 
-def test_discard_only_removes_pending_runs(database_url: str) -> None:
+def test_the_start_path_moves_only_forward_and_a_stop_can_win_it(database_url: str) -> None:
     engine = make_engine(database_url)
     migrate(engine)
     runs = RunRepository(engine)
-    runs.add_pending(new_run("p1"))
-    runs.discard("p1")
-    assert runs.get("p1") is None
-    runs.add_pending(new_run("p2"))
     now = datetime.now(UTC)
-    runs.mark_running("p2", "c", now, now, [])
-    runs.discard("p2")
-    assert runs.get("p2") is not None
+    event = OutgoingEvent("t", "p1", '{"type":"deployed"}')
+    row = new_run("p1")
+    row.env = {"SECRET": "s"}
+    accepted = runs.add_pending(row)
+    assert accepted.status == RunStatus.PENDING and runs.env_of("p1") == {"SECRET": "s"}
+    assert [r.id for r in runs.starting(10)] == ["p1"]
+    assert runs.mark_deployed("p1", "c1", now, event)
+    assert not runs.mark_deployed("p1", "c1", now, event)  # only from pending
+    assert runs.mark_running("p1", "c1", now, now + timedelta(seconds=10), [])
+    assert runs.env_of("p1") == {}  # not kept once the container runs
+    assert runs.starting(10) == []
+    assert not runs.mark_running("p1", "c1", now, now, [])
+
+    runs.add_pending(new_run("p2"))
+    stop = Finish(
+        RunStatus.STOPPED, StopReason.STOPPED, None, now, None, "stopped before it started"
+    )
+    assert runs.finish("p2", stop, event, only_from=STARTING)
+    assert not runs.mark_deployed("p2", "c2", now, event)  # the stop won: the starter backs off
+    runs.add_pending(new_run("p3"))
+    assert runs.mark_running("p3", "c3", now, now, [])
+    assert not runs.finish("p3", stop, event, only_from=STARTING)  # it runs: a real stop needed
+    assert [e.payload for _, e in runs.unpublished(100)].count('{"type":"deployed"}') == 2
 
 
 def test_list_by_email_is_paginated_newest_first(database_url: str) -> None:

@@ -66,3 +66,14 @@ def test_placeholder_secrets_refused_outside_local_mode() -> None:
 
 def test_placeholders_are_fine_locally() -> None:
     assert Settings(mode="local").admin_token.get_secret_value() == "changethis"
+
+
+def test_start_concurrency_defaults_to_four_and_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().runtime.start_concurrency == 4
+    monkeypatch.setenv("FAAS_RUNTIME_START_CONCURRENCY", "2")
+    assert Settings().runtime.start_concurrency == 2
+    monkeypatch.setenv("FAAS_RUNTIME_START_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="start_concurrency"):
+        Settings()
