@@ -12,6 +12,7 @@ from typing import Protocol
 from app.control.errors import FieldError, RunNotFound
 from app.control.finisher import Finisher
 from app.control.health import RuntimeHealth
+from app.control.launch import Launcher
 from app.control.starter import Starter
 from app.runtime import Runtime, RuntimeUnavailable
 from app.schemas import RunRequest, RunStatus, StopReason
@@ -50,7 +51,8 @@ class ControlPlane:
         self.limits = limits
         self.topic = topic
         self.finisher = Finisher(runs, runtime, topic, limits, on_commit=on_commit)
-        self.starter = Starter(runs, runtime, self.finisher, limits, topic, on_commit=on_commit)
+        launcher = Launcher(runs, runtime, self.finisher, limits, topic, on_commit=on_commit)
+        self.starter = Starter(runs, launcher, limits.start_concurrency)
         self.health = RuntimeHealth(limits.lost_after_s)  # kept up to date by the reconciler
 
     def _checked(self, request: RunRequest) -> tuple[float, int, int]:
