@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from app.control.service import ControlPlane
 from app.runtime import ContainerState, RuntimeUnavailable
 from app.schemas import RunStatus, StopReason
+from app.store.runs import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,43 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         control = self._control
+        # The runs before the containers: a run marked running while the list is taken is
+        # left for the next pass instead of being judged by a list taken before its
+        # container existed (which made finished exit-0 runs "disappear" under load).
+        runs = await asyncio.to_thread(control.runs.active)
         containers = {c.run_id: c for c in await control.runtime.list_runs()}
         now = datetime.now(UTC)
-        for run in await asyncio.to_thread(control.runs.active):
+        for run in runs:
             if run.status != RunStatus.RUNNING or run.id in control.finisher.closing:
                 continue  # a queued run is the starter's until it runs
             container = containers.get(run.id)
-            if container is None:
-                await control.finisher.finish(
-                    run,
-                    RunStatus.FAILED,
-                    StopReason.FAILED,
-                    "container disappeared from the runtime",
-                )
-            elif not container.running:
-                state = await control.runtime.inspect(container.container_id)
-                if state is not None:
-                    await control.finisher.finish_exited(run, state)
+            if container is None or not container.running:
+                await self._settle(run)
             elif run.deadline_at is not None and now >= run.deadline_at:
                 await control.finisher.stop_and_finish(run, RunStatus.TIMED_OUT, StopReason.TIMEOUT)
         await self._remove_leftovers(list(containers.values()))
+
+    async def _settle(self, run: RunRecord) -> None:
+        """The list shows the container stopped, or not at all: ask the runtime about this
+        container before closing the run, so the exit code is read before the container is
+        removed, and only a container the runtime says does not exist counts as vanished.
+        Any other error leaves the run to the next pass (an unreachable runtime fails the
+        pass, and is given up only after ``lost_after_s``)."""
+        assert run.container_id is not None  # set before a run is running
+        finisher = self._control.finisher
+        try:
+            state = await self._control.runtime.inspect(run.container_id)
+            if state is None:
+                await finisher.finish(
+                    run, RunStatus.FAILED, StopReason.FAILED,
+                    "container disappeared from the runtime",
+                )  # fmt: skip
+            elif not state.running:
+                await finisher.finish_exited(run, state)
+        except RuntimeUnavailable:
+            raise
+        except Exception as exc:  # slow or failing answer about one container: retry it
+            log.warning("reconciler: run %s not settled this pass: %r", run.id, exc)
 
     async def _remove_leftovers(self, containers: list[ContainerState]) -> None:
         """Containers of runs already closed (e.g. a crash between commit and removal)."""
