@@ -82,9 +82,11 @@ class RunSamples:
             ready = set(await self._with_final(list(pending)))
             waited = time.monotonic() - started
             now = datetime.now(UTC)
+            # Counted from the finish, not from when the event arrived: a run stopped long
+            # ago had its final datagram sent long ago; the ingestor check covers the rest.
             overdue = {
                 r for r, finished_at in pending.items()
-                if r not in ready and min((now - finished_at).total_seconds(), waited) >= self._grace_s
+                if r not in ready and (now - finished_at).total_seconds() >= self._grace_s
             }  # fmt: skip
             if self._progress is None:
                 ready |= overdue  # nothing to wait for beyond the grace period

@@ -46,3 +46,21 @@ async def test_a_missing_final_sample_waits_for_the_ingestor_to_catch_up(
         await asyncio.wait_for(running, 30)
     assert settled.height == len(published)  # all of them, not a part
     assert settled["seq"].to_list() == [s.seq for s in published]
+
+
+async def test_the_grace_period_counts_from_the_finish_not_from_the_event(
+    kafka_bootstrap: str, clickhouse: DirectClickHouse
+) -> None:
+    """A stopped event that arrives late (a busy control plane) is not held for another grace
+    period: the ingestor being caught up is enough. A fresh one waits out the grace period."""
+    kafka = KafkaSettings(bootstrap=kafka_bootstrap, metrics_topic=f"m-{uuid.uuid4().hex[:8]}")
+    await ensure_topics(kafka)
+    await migrate(clickhouse)
+    samples = RunSamples(clickhouse, grace_s=4, progress=IngestionProgress(kafka), max_wait_s=60)
+    now = datetime.now(UTC)
+    started = asyncio.get_running_loop().time()
+    settled = {}
+    async for run_id, _ in samples.settle_many({"late": now - timedelta(minutes=1), "fresh": now}):
+        settled[run_id] = asyncio.get_running_loop().time() - started
+    assert settled["late"] < 2.0, settled  # nothing published: caught up at once
+    assert settled["fresh"] >= 4.0, settled
