@@ -11,6 +11,11 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.incluster_config import (
+    SERVICE_CERT_FILENAME,
+    SERVICE_TOKEN_FILENAME,
+    InClusterConfigLoader,
+)
 
 from app.runtime.base import (
     RUN_ID_LABEL,
@@ -32,8 +37,18 @@ def api_client_from_settings(settings: RuntimeSettings) -> client.ApiClient:
     """From ``settings.kubeconfig``, or the pod's service account when it is unset."""
     if settings.kubeconfig:
         return config.new_client_from_config(config_file=settings.kubeconfig)
+    return in_cluster_api_client()
+
+
+def in_cluster_api_client(
+    token_file: str = SERVICE_TOKEN_FILENAME, ca_file: str = SERVICE_CERT_FILENAME
+) -> client.ApiClient:
+    """The pod's service account: KUBERNETES_SERVICE_HOST/PORT, its token and CA files
+    (re-read as the kubelet rotates the token)."""
     configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
+    InClusterConfigLoader(token_filename=token_file, cert_filename=ca_file).load_and_set(
+        configuration
+    )
     return client.ApiClient(configuration)
 
 
