@@ -88,7 +88,8 @@ def run(
     api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
-    """Run IMAGE for a tenant."""
+    """Run IMAGE for a tenant: prints the accepted run (pending: it starts shortly);
+    with --follow, waits for its end, printing its logs."""
     body: dict[str, Any] = {"image_name": image, "email": email, "env": _env(env or [])}
     for key, value in (
         ("cpu", cpu),
