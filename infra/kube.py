@@ -38,6 +38,7 @@ KUBE_DIR = Path(__file__).resolve().parent / "kube"
 BIN_DIR = devstack.CACHE / f"kube-{KUBE_VERSION}"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 KWOK_BIN = BIN_DIR / f"kwok-{KWOK_VERSION}"
+POD_LOG = ("function started", "function done")  # what kwok serves as every pod's log
 SERVICES = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
 
@@ -144,16 +145,37 @@ def start(state: Path, timeout_s: float = 90.0) -> KubeCluster:
     devstack.spawn("kube-scheduler", [
         str(BIN_DIR / "kube-scheduler"), *common, *auth, f"--secure-port={devstack.free_port()}",
     ], state, env=CLIENT_ENV)  # fmt: skip
+    # kwok also plays the node's kubelet endpoint (127.0.0.1:<port>, HTTPS) so that the API
+    # server can proxy pod logs to it; every pod "logs" the lines of POD_LOG.
+    kubelet_port = devstack.free_port()
     devstack.spawn("kwok", [
         str(KWOK_BIN), f"--kubeconfig={kubeconfig}", f"--config={KUBE_DIR / 'stages.yaml'}",
+        f"--config={_write_logs_config(state)}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        f"--server-address=127.0.0.1:{devstack.free_port()}",
+        "--node-ip=127.0.0.1", f"--node-port={kubelet_port}",
+        f"--server-address=127.0.0.1:{kubelet_port}",
+        f"--tls-cert-file={pki.server_cert}", f"--tls-private-key-file={pki.server_key}",
     ], state, env=CLIENT_ENV)  # fmt: skip
     cluster = KubeCluster(str(kubeconfig), server, state, token, f"http://127.0.0.1:{etcd_port}")
     _create_node(cluster, pki.ca_cert)
     # Pods are refused until the service-account controller has made "default".
     wait_for(cluster, pki.ca_cert, "/api/v1/namespaces/default/serviceaccounts/default", 60)
     return cluster
+
+
+def _write_logs_config(state: Path) -> Path:
+    log = state / "pod.log"
+    # The CRI log format a kubelet reads from its node: time, stream, full-line tag, text.
+    log.write_text("".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n"
+                           for i, line in enumerate(POD_LOG)))  # fmt: skip
+    logs = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs",
+        "metadata": {"name": "every-pod"},
+        "spec": {"selector": {}, "logs": [{"logsFile": str(log), "follow": False}]},
+    }  # fmt: skip
+    path = state / "kwok-logs.yaml"
+    path.write_text(json.dumps(logs))  # JSON is valid YAML
+    return path
 
 
 def wait_for(cluster: KubeCluster, ca: Path, path: str, timeout_s: float) -> None:

@@ -30,6 +30,7 @@ from app.runtime.kube_watch import WatchCache
 from app.settings import RuntimeSettings
 
 T = TypeVar("T")
+LOG_TAIL_LINES = 10_000  # read at most this many lines of a pod's log
 START_WAIT_S = 5.0  # how long start() waits for the pod to run before answering "running"
 
 
@@ -197,11 +198,13 @@ class KubernetesRuntime:
         pod = latest_pod([p for p in self.pods.values() if _job_of(p) == name])
         if pod is None:
             return None
+        # limitBytes counts from the start of what is returned: bound the read by lines and
+        # keep the last tail_bytes here, as the podman runtime does.
         text: str = self._core.read_namespaced_pod_log(
             pod["metadata"]["name"], self._options.namespace, container=CONTAINER_NAME,
-            limit_bytes=tail_bytes,
+            tail_lines=LOG_TAIL_LINES,
         )  # fmt: skip
-        return text
+        return text[-tail_bytes:]
 
     async def remove(self, container_id: str) -> None:
         await self._call(lambda: self._delete(container_id, None, "Background"))

@@ -20,7 +20,7 @@ from kubernetes.utils import create_from_dict
 from app.runtime.base import ContainerSpec
 from app.runtime.kube_spec import JobOptions
 from app.runtime.kubernetes import KubernetesRuntime, in_cluster_api_client
-from infra.kube import KubeCluster
+from infra.kube import POD_LOG, KubeCluster
 
 _spec = importlib.util.spec_from_file_location(
     "kuberay_tools", Path(__file__).resolve().parents[2] / "kuberay" / "tools.py"
@@ -80,6 +80,15 @@ def _delete_rbac(admin: client.ApiClient, rendered: list[dict[str, Any]]) -> Non
             delete[doc["kind"]](doc["metadata"]["name"], doc["metadata"]["namespace"])
 
 
+async def _until_running(core: client.CoreV1Api, job: str) -> None:
+    for _ in range(100):
+        pods = core.list_namespaced_pod("faas-functions", label_selector=f"job-name={job}").items
+        if pods and pods[0].status.phase == "Running":
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the pod of {job} did not run")
+
+
 def _forbidden(call: Any) -> bool:
     try:
         call()
@@ -112,6 +121,8 @@ async def test_the_control_plane_runs_a_function_with_only_its_role(
             await asyncio.sleep(0.2)
         state = await runtime.inspect(name)
         assert state is not None and state.run_id == run.run_id
+        await _until_running(admin, name)
+        assert await runtime.logs(name, 1024) == "".join(f"{line}\n" for line in POD_LOG)
         await runtime.stop(name, grace_s=0)
         assert await runtime.inspect(name) is None
     finally:

@@ -18,7 +18,7 @@ from app.runtime.base import ContainerSpec, ContainerState
 from app.runtime.kube_spec import JobOptions, secret_name
 from app.runtime.kubernetes import KubernetesRuntime
 from app.schemas import RunStatus, StopReason
-from infra.kube import NODE_NAME, KubeCluster
+from infra.kube import NODE_NAME, POD_LOG, KubeCluster
 
 
 @pytest.fixture
@@ -248,3 +248,19 @@ async def test_a_version_the_server_forgot_means_a_fresh_list(
         assert state is not None and not state.running and state.exit_code == 0
     finally:
         await runtime.close()
+
+
+async def test_logs_come_from_the_pod_while_it_runs_and_after_stop(
+    runtime: KubernetesRuntime, api: client.ApiClient, namespace: str
+) -> None:
+    # kwok serves every pod's log (infra/kube.py POD_LOG) as the node's kubelet endpoint; the
+    # API server proxies /log to it, as it would to a real kubelet.
+    whole = "".join(f"{line}\n" for line in POD_LOG)
+    name = await runtime.create(spec())
+    await runtime.start(name)
+    running_pod(client.CoreV1Api(api), namespace, name)
+    assert await runtime.logs(name, 1024) == whole
+    assert await runtime.logs(name, 5) == whole[-5:]  # the tail, not the head
+    await runtime.stop(name, grace_s=0)
+    assert await runtime.logs(name, 1024) == whole  # read just before the pod was deleted
+    assert await runtime.logs("no-such-job", 1024) is None
