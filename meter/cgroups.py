@@ -63,6 +63,33 @@ def _populated(group: Path) -> bool:
     return bool((group / "cgroup.procs").read_text().strip())
 
 
+def read_v1(cpuacct: Path, memory: Path) -> Reading | None:
+    """A cgroup v1 container's counters from its ``cpuacct`` and ``memory`` directories;
+    None when they are gone, empty (the container exited) or unreadable."""
+    try:
+        cpu_ns = int((cpuacct / "cpuacct.usage").read_text())
+        usage = int((memory / "memory.usage_in_bytes").read_text())
+        inactive = _stat(memory / "memory.stat").get("total_inactive_file", 0)
+        if not _populated(memory):
+            return None
+    except (OSError, ValueError):  # files vanish when the container exits
+        return None
+    return Reading(cpu_ns, max(0, usage - inactive))
+
+
+def read_v2(group: Path) -> Reading | None:
+    """A cgroup v2 (unified) container's counters from its directory; None as ``read_v1``."""
+    try:
+        cpu_ns = _stat(group / "cpu.stat")["usage_usec"] * 1000
+        usage = int((group / "memory.current").read_text())
+        inactive = _stat(group / "memory.stat").get("inactive_file", 0)
+        if not _populated(group):
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return Reading(cpu_ns, max(0, usage - inactive))
+
+
 class CgroupReader:
     """cgroup v1 (podman: ``<root>/{cpuacct,memory}/<parent>/libpod-<id>``) or v2
     (unified: ``<root>/<parent>/libpod-<id>`` or ``<root>/machine.slice/libpod-<id>.scope``).
@@ -77,10 +104,18 @@ class CgroupReader:
 
     def read(self, container_id: str) -> Reading | None:
         """None when the cgroup is gone, empty (the container exited) or unreadable."""
-        try:
-            return self._read_v2(container_id) if self.v2 else self._read_v1(container_id)
-        except (OSError, ValueError, KeyError):  # files vanish when the container exits
-            return None
+        if not self.v2:
+            name = f"libpod-{container_id}"
+            return read_v1(
+                self._root / "cpuacct" / self._parent / name,
+                self._root / "memory" / self._parent / name,
+            )
+        candidates = (
+            self._root / self._parent / f"libpod-{container_id}",
+            self._root / "machine.slice" / f"libpod-{container_id}.scope",
+        )
+        group = next((path for path in candidates if path.is_dir()), None)
+        return None if group is None else read_v2(group)
 
     def present(self) -> set[str] | None:
         """Container ids with a cgroup under the parent (and, on v2, ``machine.slice``)."""
@@ -92,28 +127,3 @@ class CgroupReader:
             )
         except OSError:
             return None
-
-    def _read_v1(self, container_id: str) -> Reading | None:
-        name = f"libpod-{container_id}"
-        cpu_ns = int((self._root / "cpuacct" / self._parent / name / "cpuacct.usage").read_text())
-        memory = self._root / "memory" / self._parent / name
-        usage = int((memory / "memory.usage_in_bytes").read_text())
-        inactive = _stat(memory / "memory.stat").get("total_inactive_file", 0)
-        if not _populated(memory):
-            return None
-        return Reading(cpu_ns, max(0, usage - inactive))
-
-    def _read_v2(self, container_id: str) -> Reading | None:
-        candidates = (
-            self._root / self._parent / f"libpod-{container_id}",
-            self._root / "machine.slice" / f"libpod-{container_id}.scope",
-        )
-        group = next((path for path in candidates if path.is_dir()), None)
-        if group is None:
-            return None
-        cpu_ns = _stat(group / "cpu.stat")["usage_usec"] * 1000
-        usage = int((group / "memory.current").read_text())
-        inactive = _stat(group / "memory.stat").get("inactive_file", 0)
-        if not _populated(group):
-            return None
-        return Reading(cpu_ns, max(0, usage - inactive))
