@@ -112,6 +112,12 @@ class MeterSettings(BaseModel):
     node: str | None = None  # agent's node name; defaults to the host name
     metrics_port: int = Field(default=9464, ge=1, le=65535)  # server counters (HTTP)
     cgroup_root: str = "/sys/fs/cgroup"
+    # Agent: where it finds containers. docker: the Docker Engine API (podman; make run).
+    # kubernetes: the API server's pods of FAAS_METER_NODE (required then: the DaemonSet sets
+    # it from spec.nodeName), read from the kubelet's pod cgroups under cgroup_root.
+    discovery: Literal["docker", "kubernetes"] = "docker"
+    namespace: str | None = None  # kubernetes: the functions' one; None: FAAS_RUNTIME_NAMESPACE
+    kubeconfig: str | None = None  # kubernetes: None: FAAS_RUNTIME_KUBECONFIG, else in-cluster
     flush_count: int = Field(default=500, ge=1)  # server: produce after this many…
     flush_ms: int = Field(default=100, ge=1)  # …or this long, whichever first
 

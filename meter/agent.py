@@ -55,9 +55,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.settings import Settings
-from meter.cgroups import CgroupReader, Reader, Reading
-from meter.discovery import Container, Described, Discovery, DockerDiscovery
+from meter.cgroups import Reader, Reading
+from meter.discovery import Container, Described, Discovery
 from meter.protocol import EncodeError, MessageKind, MeterMessage, encode
+from meter.sources import sources
 
 log = logging.getLogger(__name__)
 SEQ_EPOCH_SHIFT = 22
@@ -473,14 +474,9 @@ def udp_sender(host: str, port: int) -> UdpSender:
 
 async def run_agent(settings: Settings, drop_ratio: float = 0.0) -> None:
     """Run the agent with the real runtime, cgroups and UDP until SIGTERM or SIGINT."""
-    if settings.runtime.docker_url is None:
-        raise ValueError("settings.runtime.docker_url is required")
-    discovery = DockerDiscovery(settings.runtime.docker_url)
+    discovery, reader = sources(settings)  # FAAS_METER_DISCOVERY: docker or kubernetes
     sender = UdpSender(settings.meter.host, settings.meter.port)
-    agent = MeterAgent(
-        settings, discovery, CgroupReader(settings.meter.cgroup_root), sender,
-        drop_ratio=drop_ratio,
-    )  # fmt: skip
+    agent = MeterAgent(settings, discovery, reader, sender, drop_ratio=drop_ratio)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
