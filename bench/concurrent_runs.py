@@ -5,9 +5,10 @@ loses runs if any does.
 
     python -m bench.concurrent_runs --runs 200 --tenants 20
 
-Runs are spread round-robin over ``--tenants`` tenants: one tenant's runs are invoiced one
-after the other (its monthly free allowance is consumed in finish order), different
-tenants' in parallel.
+Runs are spread round-robin over ``--tenants`` tenants: one tenant's runs are priced in
+finish order (its monthly free allowance is consumed in that order), different tenants'
+concurrently. The stop → email time is also split into stages (``bench.stop_stages``),
+reading ``faas.deployments`` on ``--kafka``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.stop_stages import stages, stopped_events
+
 FINISHED = {"succeeded", "failed", "timed_out", "stopped"}
 
 
@@ -38,11 +41,13 @@ def percentile(values: list[float], q: float) -> float:
 class Outcome:
     """What happened to each submitted run, stage by stage."""
 
+    tenants: list[str] = field(default_factory=list)
     accept_s: list[float] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     finished: dict[str, datetime] = field(default_factory=dict)
     invoiced: set[str] = field(default_factory=set)
+    invoiced_at: dict[str, datetime] = field(default_factory=dict)
     emailed: dict[str, datetime] = field(default_factory=dict)
 
 
@@ -79,6 +84,8 @@ async def _poll_finished(http: httpx.AsyncClient, tenant: str, outcome: Outcome)
 async def _poll_invoiced(http: httpx.AsyncClient, tenant: str, outcome: Outcome) -> None:
     page = (await http.get(f"/billing/{tenant}", params={"limit": 1000})).json()
     outcome.invoiced |= {invoice["run_id"] for invoice in page["invoices"]}
+    for invoice in page["invoices"]:
+        outcome.invoiced_at[invoice["run_id"]] = datetime.fromisoformat(invoice["created_at"])
 
 
 def _scan_mail(mail_dir: Path, tenants: set[str], outcome: Outcome, seen: set[Path]) -> None:
@@ -99,7 +106,7 @@ async def run_load(
     """Submits ``runs`` runs at once and follows them until all are emailed or time is up."""
     prefix = f"load-{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-{i}@example.com" for i in range(tenants)]
-    outcome = Outcome()
+    outcome = Outcome(tenants=names)
     limits = httpx.Limits(max_connections=runs, max_keepalive_connections=runs)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
         await asyncio.gather(*(_submit(http, names[i % tenants], outcome) for i in range(runs)))
@@ -119,7 +126,9 @@ async def run_load(
     return outcome
 
 
-def summarize(outcome: Outcome, runs: int) -> dict[str, object]:
+def summarize(
+    outcome: Outcome, runs: int, stopped: dict[str, datetime] | None = None
+) -> dict[str, object]:
     ids = set(outcome.ids)
     to_email = [
         (outcome.emailed[i] - outcome.finished[i]).total_seconds()
@@ -144,7 +153,11 @@ def summarize(outcome: Outcome, runs: int) -> dict[str, object]:
         "stop_to_email_p50_s": percentile(to_email, 0.5),
         "stop_to_email_p95_s": percentile(to_email, 0.95),
         "stop_to_email_max_s": max(to_email, default=float("nan")),
-    }
+    } | (
+        stages(percentile, outcome.finished, stopped, outcome.invoiced_at, outcome.emailed)
+        if stopped is not None
+        else {}
+    )
 
 
 def main() -> None:
@@ -153,10 +166,14 @@ def main() -> None:
     parser.add_argument("--mail-dir", type=Path, default=Path(".faas/mail"))
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--deployments-topic", default="faas.deployments")
     args = parser.parse_args()
     t0 = time.monotonic()
     outcome = asyncio.run(run_load(args.url, args.mail_dir, args.runs, args.tenants))
-    report = summarize(outcome, args.runs) | {"wall_s": time.monotonic() - t0}
+    wall_s = time.monotonic() - t0
+    stopped = asyncio.run(stopped_events(args.kafka, args.deployments_topic, set(outcome.tenants)))
+    report = summarize(outcome, args.runs, stopped) | {"wall_s": wall_s}
     print(json.dumps(report, indent=1))
 
 

@@ -1,5 +1,6 @@
 """Stop → email latency against a running platform (``make run``): N short metered runs,
-then, per run, the time from the runtime's finish to the ``.eml`` landing in the sink.
+then, per run, the time from the runtime's finish to the ``.eml`` landing in the sink, and
+that time split into stages (``bench.stop_stages``; reads ``faas.deployments`` on ``--kafka``).
 
     python -m bench.stop_to_email --runs 20
 """
@@ -7,6 +8,7 @@ then, per run, the time from the runtime's finish to the ``.eml`` landing in the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import email
 import json
 import statistics
@@ -17,12 +19,17 @@ from pathlib import Path
 
 import httpx
 
+from bench.concurrent_runs import percentile
+from bench.stop_stages import stages, stopped_events
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--mail-dir", type=Path, default=Path(".faas/mail"))
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--deployments-topic", default="faas.deployments")
     args = parser.parse_args()
     http = httpx.Client(base_url=args.url, timeout=30)
     tenant = f"latency-{uuid.uuid4().hex[:6]}@example.com"
@@ -48,18 +55,21 @@ def main() -> None:
                 )
                 arrived[run_id] = stamp
         time.sleep(0.5)
-    latencies = []
+    latencies, finished = [], {}
     for run_id in ids:
         run = http.get(f"/v1/functions/{run_id}").json()
-        finished = datetime.fromisoformat(run["finished_at"])
-        latencies.append((arrived[run_id] - finished).total_seconds())
+        finished[run_id] = datetime.fromisoformat(run["finished_at"])
+        latencies.append((arrived[run_id] - finished[run_id]).total_seconds())
     latencies.sort()
+    invoices = http.get(f"/billing/{tenant}", params={"limit": 1000}).json()["invoices"]
+    invoiced = {i["run_id"]: datetime.fromisoformat(i["created_at"]) for i in invoices}
+    stopped = asyncio.run(stopped_events(args.kafka, args.deployments_topic, {tenant}))
     print(json.dumps({
         "runs": len(latencies),
         "p50_s": statistics.median(latencies),
         "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         "max_s": latencies[-1],
-    }, indent=1))  # fmt: skip
+    } | stages(percentile, finished, stopped, invoiced, arrived), indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
