@@ -51,7 +51,10 @@ async def control_plane_api(
     for doc in rendered:
         if doc["kind"] in RBAC_KINDS:
             _apply(admin, doc)
-    (account,) = [doc for doc in rendered if doc["kind"] == "ServiceAccount"]
+    (account,) = [
+        doc for doc in rendered
+        if doc["kind"] == "ServiceAccount" and doc["metadata"]["name"] == "faas-control-plane"
+    ]  # fmt: skip
     request = {"spec": {"expirationSeconds": 3600}}
     token = client.CoreV1Api(admin).create_namespaced_service_account_token(
         account["metadata"]["name"], account["metadata"]["namespace"], request
