@@ -51,6 +51,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 SEQ_EPOCH_SHIFT = 22
 FINAL_SENDS = 3  # the FINAL sample goes out this many times (UDP may drop one)…
 FINAL_SPACING_NS = 400_000_000  # …this far apart
+LABEL_THREADS = 8  # inspect calls in flight at once for new cgroups
 EXIT_CODE_WAIT_NS = 10_000_000_000  # how long to keep asking the runtime for an exit code
 REMEMBER_FINISHED_NS = 60_000_000_000  # a finished container still listed is not a new run
 MISSING_SNAPSHOTS = 3  # not listed this many times in a row: finished, even if its cgroup is not
@@ -174,6 +176,9 @@ class MeterAgent:
         # longer than a short run lives; a cgroup appears the moment the container starts.
         self._unlabelled: dict[str, RunMeter] = {}
         self._to_describe: set[str] = set()
+        self._describing: set[str] = set()  # asked, no answer yet
+        self._asking: set[asyncio.Future[None]] = set()
+        self._labeller: ThreadPoolExecutor | None = None  # made on first use
         self._described: dict[str, Described | None] = {}  # answers for tick to apply
         self.unlabelled_lost = 0  # metered cgroups the runtime never said whose they were
         self._finals: list[_Final] = []
@@ -232,23 +237,36 @@ class MeterAgent:
         await asyncio.gather(self.describe_new(), self.list_running())
         await self._resolve_exits()
 
-    async def describe_new(self) -> None:
-        """Asks the runtime, by id, whose the cgroups found since the last round are. Cheap
-        (one inspect per new container), so ``run_forever`` runs it in its own loop and it
-        never waits behind a slow listing. Never raises."""
-        pending = list(self._to_describe)
+    async def describe_new(self, *, wait: bool = True) -> None:
+        """Asks the runtime, by id, whose the cgroups found since the last round are: one
+        inspect each, at once, in threads of their own (``LABEL_THREADS``), so they never
+        queue behind a slow listing or exit-code call. ``wait=False`` (``run_forever``)
+        returns at once; a new cgroup is then asked about on the next round, not after the
+        slowest answer of this one. Never raises."""
+        pending = [cid for cid in self._to_describe if cid not in self._describing]
         if not pending:
             return
-        answers = await asyncio.gather(
-            *(asyncio.to_thread(self._discovery.describe, cid) for cid in pending),
-            return_exceptions=True,
-        )
-        for cid, answer in zip(pending, answers, strict=True):
-            if isinstance(answer, BaseException):  # runtime away: ask again next round
-                self._warn("runtime", f"runtime unreachable, cannot label {cid[:12]}: {answer}")
-                continue
-            self._to_describe.discard(cid)
-            self._described[cid] = answer
+        if self._labeller is None:
+            self._labeller = ThreadPoolExecutor(LABEL_THREADS, thread_name_prefix="meter-label")
+        self._describing.update(pending)
+        asks = [asyncio.ensure_future(self._describe(cid, self._labeller)) for cid in pending]
+        self._asking.update(asks)
+        for ask in asks:
+            ask.add_done_callback(self._asking.discard)
+        if wait:
+            await asyncio.gather(*asks)
+
+    async def _describe(self, cid: str, threads: ThreadPoolExecutor) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(threads, self._discovery.describe, cid)
+        except Exception as exc:  # runtime away: ask again next round
+            self._warn("runtime", f"runtime unreachable, cannot label {cid[:12]}: {exc}")
+            return
+        finally:
+            self._describing.discard(cid)
+        self._to_describe.discard(cid)
+        self._described[cid] = answer
 
     async def list_running(self) -> None:
         """Lists the running function containers (labels, StartedAt of new ones): the
@@ -435,19 +453,20 @@ class MeterAgent:
     async def run_forever(self) -> None:
         """Discover and sample every interval until cancelled."""
 
-        async def by_id() -> None:  # inspect calls, quick even when listing is slow
-            await asyncio.gather(self.describe_new(), self._resolve_exits())
+        async def label() -> None:
+            await self.describe_new(wait=False)
 
-        loops = [
-            asyncio.create_task(self._every_interval(by_id, "labelling")),
+        loops = [  # each its own pace: a slow listing or exit code delays no labelling
+            asyncio.create_task(self._every_interval(label, "labelling")),
+            asyncio.create_task(self._every_interval(self._resolve_exits, "exit codes")),
             asyncio.create_task(self._every_interval(self.list_running, "discovery")),
         ]
         try:
             await self._every_interval(self.tick, "sampling")
         finally:
-            for loop in loops:
+            for loop in [*loops, *self._asking]:
                 loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, *self._asking, return_exceptions=True)
 
 
 class UdpSender:
