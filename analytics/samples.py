@@ -83,8 +83,8 @@ def _timestamps(column: str) -> pl.Expr:
 def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
     """Parse a batch of records at once (Polars NDJSON); returns the Arrow rows and the
     indexes of records that are not valid. A record holds one sample or several, one JSON
-    object per line (the meter server packs a run's samples per flush); a record with any
-    bad line is bad as a whole. Falls back to record-by-record validation only when the
+    object per line (the meter server packs a partition's samples per flush); a record with
+    any bad line is bad as a whole. Falls back to record-by-record validation only when the
     batch contains a bad record."""
     try:
         if any(not v for v in values):

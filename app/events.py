@@ -73,8 +73,9 @@ class EventPublisher(Protocol):
 
 
 class UsageSample(BaseModel):
-    """One meter reading on ``faas.metrics`` (key = run id). Counters are cumulative since
-    the container started (the agent carries its first reading back to the runtime's
+    """One meter reading on ``faas.metrics``: one JSON line of a record that packs the
+    samples of the runs of its partition (docs/METER_PROTOCOL.md). Counters are cumulative
+    since the container started (the agent carries its first reading back to the runtime's
     start time), so the latest sample alone carries all usage up to its time."""
 
     type: Literal["usage.sample"] = "usage.sample"

@@ -23,6 +23,11 @@ def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``partitions``."""
+    return _key_hash(key.encode()) % partitions
+
+
 async def ensure_topics(settings: KafkaSettings, *extra: str) -> None:
     """Create the platform's topics if missing (idempotent, safe to race)."""
     names = [
@@ -86,25 +91,54 @@ class KafkaEventPublisher:
         try:
             # Whole batches per partition: per-message sends cost more than the encoding.
             partitions = sorted(await producer.partitions_for(topic))
-            by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
             for key, value in messages:
                 raw_key = key.encode()
                 partition = partitions[_key_hash(raw_key) % len(partitions)]
                 by_partition.setdefault(partition, []).append((raw_key, value))
-            futures = []
-            for partition, records in by_partition.items():
-                batch = producer.create_batch()
-                for raw_key, value in records:
-                    if batch.append(key=raw_key, value=value, timestamp=None) is None:
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                        batch.append(key=raw_key, value=value, timestamp=None)
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-            await asyncio.gather(*futures)
+            await self._send(producer, topic, by_partition)
         except KafkaError:
             # Drop the producer so the next attempt reconnects from scratch.
             await self.close()
             raise
+
+    async def partition_count(self, topic: str) -> int:
+        producer = await self._started()
+        try:
+            return len(await producer.partitions_for(topic))
+        except KafkaError:
+            await self.close()
+            raise
+
+    async def publish_to(self, topic: str, records: list[tuple[int, bytes]]) -> None:
+        """Values without a key to the given partitions (0 to ``partition_count`` - 1): for
+        records that pack several keys' messages, placed where all those keys hash."""
+        producer = await self._started()
+        try:
+            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
+            for partition, value in records:
+                by_partition.setdefault(partition, []).append((None, value))
+            await self._send(producer, topic, by_partition)
+        except KafkaError:
+            await self.close()
+            raise
+
+    @staticmethod
+    async def _send(
+        producer: AIOKafkaProducer,
+        topic: str,
+        by_partition: dict[int, list[tuple[bytes | None, bytes]]],
+    ) -> None:
+        futures = []
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for raw_key, value in records:
+                if batch.append(key=raw_key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=raw_key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
 
     async def close(self) -> None:
         async with self._lock:

@@ -38,8 +38,9 @@ _MAX_IDENTITIES: Final = 100_000
 _SHA256_BLOCK: Final = 64
 
 
-DecodedRecord = tuple[str, str, int, str, str, bytes]
-"""node, run id, seq (the replay window's), then the Kafka record: topic, key, value."""
+DecodedRecord = tuple[tuple[str, str, str], int, str, str, bytes]
+"""The replay window (node, run id, topic) and the seq checked against it, then the Kafka
+record: topic, key, value."""
 
 
 def _second_text(second: int) -> str:
@@ -47,7 +48,7 @@ def _second_text(second: int) -> str:
 
 
 class _Identity(NamedTuple):
-    node: str
+    window: tuple[str, str, str]  # node, run id, metrics topic: one tuple per identity
     run_id: str
     prefix: str  # the record's JSON up to the per-sample fields
     event_id: str  # "run:node:" JSON-escaped, the seq follows
@@ -109,14 +110,14 @@ class RecordDecoder:
             f'"final":{"true" if flags & FLAG_FINAL else "false"}}}'
         )
         run_id = identity.run_id
-        return identity.node, run_id, seq, self._metrics, run_id, value.encode()
+        return identity.window, seq, self._metrics, run_id, value.encode()
 
     def _slow(self, data: bytes) -> DecodedRecord:
         message = decode(data, self._secret)
         topic, key, value = to_record(message, self._metrics, self._events)
         if message.kind is MessageKind.SAMPLE:
             self._remember(bytes(data[5:HEADER_BYTES]), data, message.node, message.run_id)
-        return message.node, message.run_id, message.seq, topic, key, value
+        return (message.node, message.run_id, topic), message.seq, topic, key, value
 
     def _remember(self, lengths: bytes, data: bytes, node: str, run_id: str) -> None:
         if len(self._identities) >= _MAX_IDENTITIES:
@@ -129,4 +130,5 @@ class RecordDecoder:
             f'"node":{json.dumps(node)},'
         )
         event_id = json.dumps(f"{run_id}:{node}:")[1:-1]
-        self._identities[bytes(data[5:end])] = _Identity(node, run_id, prefix, event_id)
+        window = (node, run_id, self._metrics)
+        self._identities[bytes(data[5:end])] = _Identity(window, run_id, prefix, event_id)

@@ -23,21 +23,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import signal
 import socket
 import sys
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from app.events import EventPublisher
-from app.kafka import KafkaEventPublisher, ensure_topics
+from app.kafka import KafkaEventPublisher, ensure_topics, partition_for
 from app.settings import KafkaSettings, MeterSettings, Settings
 from meter.protocol import MAX_DATAGRAM_BYTES, DecodeError, DropReason
 from meter.record_decoder import RecordDecoder
-from meter.records import MeterCounters, pack_by_key
+from meter.records import MeterCounters, pack_by_partition
 
 log = logging.getLogger(__name__)
 MAX_BUFFER = 200_000  # records held while Kafka is unreachable
@@ -53,6 +55,14 @@ PRODUCE_BATCH_BYTES = (
 )  # per partition; 16 KiB (aiokafka default) cost ~4x the CPU per sample
 
 
+class MeterSink(EventPublisher, Protocol):
+    """Where accepted records go: Kafka (``KafkaEventPublisher``), a fake in unit tests."""
+
+    async def partition_count(self, topic: str) -> int: ...
+
+    async def publish_to(self, topic: str, records: list[tuple[int, bytes]]) -> None: ...
+
+
 class MeterServer(asyncio.DatagramProtocol):
     """UDP receiver, replay filter, bounded buffer and Kafka flusher, plus ``/metrics``."""
 
@@ -60,7 +70,7 @@ class MeterServer(asyncio.DatagramProtocol):
         self,
         meter: MeterSettings,
         kafka: KafkaSettings,
-        sink: EventPublisher,
+        sink: MeterSink,
         *,
         max_buffer: int = MAX_BUFFER,
         max_runs: int = MAX_TRACKED_RUNS,
@@ -82,10 +92,15 @@ class MeterServer(asyncio.DatagramProtocol):
         # (node, run_id, topic) -> (highest seq accepted, when), least recently heard-from first
         self._windows: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
         self._forgot_at = float("-inf")
-        self._buffer: deque[tuple[str, str, bytes]] = deque()
+        # Accepted, not yet produced: samples as (run id, JSON), lifecycle (topic, key, JSON)
+        self._samples: list[tuple[str, bytes]] = []
+        self._events: list[tuple[str, str, bytes]] = []
+        self._partitions: dict[str, int] = {}  # run id -> metrics partition (one count)
+        self._partition_count = 0
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._logged_drop: dict[DropReason, float] = {}
+        self._sources_until = float("-inf")  # read source addresses until then (drops seen)
         self._tasks: list[asyncio.Task[None]] = []
         self._sock: socket.socket | None = None
         self._http: asyncio.Server | None = None
@@ -97,7 +112,7 @@ class MeterServer(asyncio.DatagramProtocol):
     @property
     def buffered(self) -> int:
         """Accepted records not yet produced to Kafka."""
-        return len(self._buffer)
+        return len(self._samples) + len(self._events)
 
     @property
     def udp_port(self) -> int | None:
@@ -106,34 +121,48 @@ class MeterServer(asyncio.DatagramProtocol):
     # -- receive path (synchronous: never waits on Kafka) ----------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self._accept(((data, addr),), 1)
+
+    def _accept(self, datagrams: Iterable[tuple[bytes, object]], count: int) -> None:
+        """Decode, replay-check and buffer ``count`` datagrams with their sources (None when
+        not read): one flat loop with everything it touches in locals, counters added once
+        per batch."""
         counters = self._counters
-        counters.received += 1
-        try:
-            node, run_id, seq, topic, record_key, value = self._record(data)
-        except DecodeError as exc:
-            self._drop(exc.reason, addr, exc.detail)
-            return
-        key = (node, run_id, topic)
-        now = self._monotonic()
+        record, metrics_topic = self._record, self._kafka.metrics_topic
         windows = self._windows
-        window = windows.get(key)
-        if window is not None and seq <= window[0]:
-            if seq == window[0]:
-                self._drop(DropReason.DUPLICATE, addr, f"seq {seq} again")
+        move_to_end = windows.move_to_end
+        samples, events = self._samples, self._events
+        room = self._max_buffer - len(samples) - len(events)
+        now = self._monotonic()
+        accepted = 0
+        for data, addr in datagrams:
+            try:
+                key, seq, topic, record_key, value = record(data)
+            except DecodeError as exc:
+                self._drop(exc.reason, addr, exc.detail)
+                continue
+            window = windows.get(key)
+            if window is not None and seq <= window[0]:
+                if seq == window[0]:
+                    self._drop(DropReason.DUPLICATE, addr, f"seq {seq} again")
+                else:
+                    self._drop(DropReason.REPLAYED, addr, f"seq {seq} < {window[0]}")
+                continue
+            if accepted >= room:
+                counters.dropped_buffer_full += 1  # not accepted: the window stays put
+                continue
+            windows[key] = (seq, now)
+            move_to_end(key)
+            accepted += 1
+            if topic == metrics_topic:
+                samples.append((record_key, value))
             else:
-                self._drop(DropReason.REPLAYED, addr, f"seq {seq} < {window[0]}")
-            return
-        buffer = self._buffer
-        if len(buffer) >= self._max_buffer:
-            counters.dropped_buffer_full += 1  # not accepted: the window stays put
-            return
-        windows[key] = (seq, now)
-        windows.move_to_end(key)
+                events.append((topic, record_key, value))
+        counters.received += count
+        counters.accepted += accepted
         if len(windows) > self._max_runs or now - self._forgot_at >= 1.0:
             self._forget_windows(now)
-        counters.accepted += 1
-        buffer.append((topic, record_key, value))
-        if len(buffer) >= self._flush_count:
+        if len(samples) + len(events) >= self._flush_count:
             self._wake.set()
 
     def _forget_windows(self, now: float) -> None:
@@ -146,14 +175,15 @@ class MeterServer(asyncio.DatagramProtocol):
 
     def _drop(self, reason: DropReason, addr: object, detail: str) -> None:
         self._counters.dropped[reason.value] += 1
+        if reason is DropReason.REPLAYED or reason is DropReason.DUPLICATE:
+            return  # expected in small numbers, harmless in large ones (counted)
         now = self._monotonic()
-        if (
-            reason is not DropReason.REPLAYED
-            and reason is not DropReason.DUPLICATE
-            and (now - self._logged_drop.get(reason, -DROP_LOG_EVERY_S) >= DROP_LOG_EVERY_S)
-        ):
+        if addr is None:  # sources are not read while nothing is dropped (recv is cheaper)
+            self._sources_until = now + DROP_LOG_EVERY_S
+        if now - self._logged_drop.get(reason, -DROP_LOG_EVERY_S) >= DROP_LOG_EVERY_S:
             self._logged_drop[reason] = now  # one line per reason per period, with a source
-            log.warning("meter server: dropped %s datagram from %s: %s", reason, addr, detail)
+            source = "a source not read yet (read for the next 10 s)" if addr is None else addr
+            log.warning("meter server: dropped %s datagram from %s: %s", reason, source, detail)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("meter server: UDP error %s", exc)
@@ -161,41 +191,77 @@ class MeterServer(asyncio.DatagramProtocol):
     def _drain(self) -> None:
         # Many datagrams per wake-up: asyncio's own datagram transport reads one per loop
         # iteration, which caps a server at ~11k datagrams/s; this reaches the decoder's pace.
-        assert self._sock is not None
-        recvfrom, size = self._sock.recvfrom, MAX_DATAGRAM_BYTES + 1  # larger: OVERSIZED
-        for _ in range(DRAIN_BATCH):
-            try:
-                data, addr = recvfrom(size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.error_received(exc)
-                return
-            self.datagram_received(data, addr)
+        # recv, not recvfrom, unless something was dropped lately: the source address is
+        # only for the drop log, and recvfrom costs ~0.7 µs more a datagram (~10 %).
+        sock, size = self._sock, MAX_DATAGRAM_BYTES + 1  # larger: OVERSIZED
+        assert sock is not None
+        with_sources = self._monotonic() < self._sources_until
+        datagrams: list[Any] = []
+        append = datagrams.append
+        try:
+            if with_sources:
+                recvfrom = sock.recvfrom
+                for _ in range(DRAIN_BATCH):
+                    append(recvfrom(size))
+            else:
+                recv = sock.recv
+                for _ in range(DRAIN_BATCH):
+                    append(recv(size))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self.error_received(exc)
+        if datagrams:
+            batch = datagrams if with_sources else zip(datagrams, itertools.repeat(None))
+            self._accept(batch, len(datagrams))
 
     # -- flusher ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
         """Produce everything buffered; on failure the unsent records go back in front."""
         async with self._flush_lock:  # one flush at a time keeps each run's records in order
-            while self._buffer:
-                count = min(len(self._buffer), FLUSH_BATCH)
-                by_topic: dict[str, list[tuple[str, bytes]]] = {}
-                for topic, key, value in (self._buffer.popleft() for _ in range(count)):
-                    by_topic.setdefault(topic, []).append((key, value))
-                for topic, records in list(by_topic.items()):
-                    packed = records
-                    if topic == self._kafka.metrics_topic:
-                        packed = pack_by_key(records)
-                    try:
-                        await self._sink.publish(topic, packed)
-                    except Exception:
-                        unsent = [(t, k, v) for t, recs in by_topic.items() for k, v in recs]
-                        self._buffer.extendleft(reversed(unsent))
-                        self._counters.produce_failures += 1
-                        raise
-                    self._counters.produced += len(records)
-                    del by_topic[topic]
+            while self._samples or self._events:
+                samples, self._samples = self._samples, []
+                events, self._events = self._events, []
+                try:
+                    while samples:  # FLUSH_BATCH at a time: a backlog goes out in pieces
+                        chunk = samples[:FLUSH_BATCH]
+                        metrics = self._kafka.metrics_topic
+                        packed = pack_by_partition(chunk, await self._partition_of(metrics))
+                        await self._sink.publish_to(metrics, packed)
+                        del samples[:FLUSH_BATCH]
+                        self._counters.produced += len(chunk)
+                    while events:  # lifecycle: few, keyed by run id, one topic in practice
+                        topic = events[0][0]
+                        sending: list[tuple[str, str, bytes]] = []
+                        rest: list[tuple[str, str, bytes]] = []
+                        for event in events:
+                            mine = event[0] == topic and len(sending) < FLUSH_BATCH
+                            (sending if mine else rest).append(event)
+                        await self._sink.publish(topic, [(k, v) for _, k, v in sending])
+                        events = rest
+                        self._counters.produced += len(sending)
+                except Exception:
+                    self._samples[:0] = samples
+                    self._events[:0] = events
+                    self._counters.produce_failures += 1
+                    raise
+
+    async def _partition_of(self, topic: str) -> Callable[[str], int]:
+        """Run id → partition, as Kafka's default partitioner would place a record keyed by
+        it; remembered per run (the hash costs more than a look-up)."""
+        count = await self._sink.partition_count(topic)
+        if count != self._partition_count or len(self._partitions) > MAX_TRACKED_RUNS:
+            self._partitions, self._partition_count = {}, count
+        known = self._partitions
+
+        def partition_of(run_id: str) -> int:
+            partition = known.get(run_id)
+            if partition is None:
+                partition = known[run_id] = partition_for(run_id, count)
+            return partition
+
+        return partition_of
 
     async def _flush_forever(self) -> None:
         delay = self._meter.flush_ms / 1000
@@ -210,7 +276,7 @@ class MeterServer(asyncio.DatagramProtocol):
                 delay = min(max(delay * 2, 0.5), 10.0)
                 log.warning(
                     "meter server: Kafka produce failed (%r); %d records wait, retry in %.1fs",
-                    exc, len(self._buffer), delay,
+                    exc, self.buffered, delay,
                 )  # fmt: skip
 
     async def _log_forever(self, every_s: float) -> None:
@@ -251,11 +317,11 @@ class MeterServer(asyncio.DatagramProtocol):
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if route == "/metrics.json" or "format=json" in query or "application/json" in accept:
-            body = {**self._counters.as_dict(), "buffered": len(self._buffer)}
+            body = {**self._counters.as_dict(), "buffered": self.buffered}
             return "200 OK", "application/json", json.dumps(body).encode()
         text = self._counters.prometheus() + (
             "# TYPE faas_meter_buffered_records gauge\n"
-            f"faas_meter_buffered_records {len(self._buffer)}\n"
+            f"faas_meter_buffered_records {self.buffered}\n"
         )
         return "200 OK", "text/plain; version=0.0.4", text.encode()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -111,12 +112,18 @@ async def records_of(pipeline: Pipeline, topic: str, run_id: str) -> list[bytes]
         while idle < 4:
             batch = await consumer.getmany(timeout_ms=250)
             idle = 0 if batch else idle + 1
-            values.extend(
-                r.value
-                for records in batch.values()
-                for r in records
-                if r.key == run_id.encode() and r.value is not None
-            )
+            for records in batch.values():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    if r.key == run_id.encode():  # lifecycle events: keyed by run id
+                        values.append(r.value)
+                    elif r.key is None:  # samples: a partition's runs packed, one per line
+                        values.extend(
+                            line
+                            for line in r.value.split(b"\n")
+                            if json.loads(line)["run_id"] == run_id
+                        )
     finally:
         await consumer.stop()
     return values

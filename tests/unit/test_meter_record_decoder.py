@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from app.events import UsageSample
 from meter.protocol import DecodeError, DropReason, MessageKind, decode, encode
 from meter.record_decoder import RecordDecoder
-from meter.records import iso_utc, pack_by_key, to_record
+from meter.records import iso_utc, pack_by_partition, to_record
 from tests.unit.test_meter_protocol import SECRET, messages
 
 METRICS, EVENTS = "faas.metrics", "faas.node-events"
@@ -87,15 +87,20 @@ def test_iso_time_is_exact_to_the_microsecond(time_ns: int) -> None:
     assert int(text[-7:-1]) == time_ns // 1000 % 1_000_000
 
 
-def test_pack_by_key_keeps_each_runs_order_and_bounds_records() -> None:
-    records = [(f"run-{i % 3}", f"{i}".encode()) for i in range(10)]
-    packed = pack_by_key(records, max_lines=2)
-    by_key: dict[str, list[bytes]] = {}
-    for key, value in packed:
+def test_pack_by_partition_keeps_each_runs_order_and_bounds_records() -> None:
+    records = [(f"run-{i % 5}", f"{i % 5}:{i}".encode()) for i in range(20)]
+    partition_of = {f"run-{r}": r % 2 for r in range(5)}.__getitem__
+    packed = pack_by_partition(records, partition_of, max_lines=3)
+    by_run: dict[str, list[int]] = {}
+    for partition, value in packed:
         lines = value.split(b"\n")
-        assert len(lines) <= 2
-        by_key.setdefault(key, []).extend(lines)
-    assert by_key == {f"run-{r}": [f"{i}".encode() for i in range(r, 10, 3)] for r in range(3)}
+        assert len(lines) <= 3
+        for line in lines:
+            run, _, index = line.decode().partition(":")
+            assert partition_of(f"run-{run}") == partition
+            by_run.setdefault(run, []).append(int(index))
+    assert by_run == {f"{r}": list(range(r, 20, 5)) for r in range(5)}
+    assert len(packed) == 4 + 3  # 12 lines and 8 lines, at most 3 a record
 
 
 def _sample():  # type: ignore[no-untyped-def]
@@ -115,7 +120,12 @@ def test_ingestor_parses_packed_records_and_rejects_them_whole() -> None:
         decoder.record(encode(dataclasses.replace(_sample(), seq=seq), SECRET))[-1]
         for seq in range(1, 6)
     ]
-    packed = [value for _, value in pack_by_key([("r-1", line) for line in lines], max_lines=3)]
+    packed = [
+        value
+        for _, value in pack_by_partition(
+            [("r-1", line) for line in lines], lambda _: 0, max_lines=3
+        )
+    ]
     table, bad = samples_batch(packed)
     assert (table.column("seq").to_pylist(), bad) == ([1, 2, 3, 4, 5], [])
     broken = [packed[0], packed[1] + b'\n{"type":"usage.sample"}', b""]

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from app.events import NodeEvent, UsageSample
+from app.kafka import partition_for
 from app.settings import Settings
 from infra import devstack
 from meter.protocol import DropReason, MessageKind, MeterMessage, encode
@@ -20,8 +21,11 @@ ADDR = ("127.0.0.1", 40000)
 
 
 class FakeSink:
+    PARTITIONS = 3
+
     def __init__(self) -> None:
-        self.published: list[tuple[str, list[tuple[str, bytes]]]] = []
+        # (topic, [(key or partition, value)]): keyed records, or packed ones by partition
+        self.published: list[tuple[str, list[tuple[str | int, bytes]]]] = []
         self.fail_topics: set[str] = set()
 
     async def publish(self, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -29,10 +33,19 @@ class FakeSink:
             raise ConnectionError("Kafka away")
         self.published.append((topic, list(messages)))
 
+    async def partition_count(self, topic: str) -> int:
+        if topic in self.fail_topics:
+            raise ConnectionError("Kafka away")
+        return self.PARTITIONS
+
+    async def publish_to(self, topic: str, records: list[tuple[int, bytes]]) -> None:
+        assert all(0 <= partition < self.PARTITIONS for partition, _ in records)
+        await self.publish(topic, records)  # type: ignore[arg-type]
+
     async def close(self) -> None:
         pass
 
-    def records(self, topic: str) -> list[tuple[str, bytes]]:
+    def records(self, topic: str) -> list[tuple[str | int, bytes]]:
         """One entry per sample: packed records (one JSON line per sample) are split."""
         return [
             (key, line)
@@ -123,7 +136,8 @@ async def test_samples_and_lifecycle_are_routed_by_kind() -> None:
     await target.flush()
     metrics = [UsageSample.model_validate_json(v) for _, v in sink.records("m")]
     events = [NodeEvent.model_validate_json(v) for _, v in sink.records("e")]
-    assert {k for k, _ in sink.records("m") + sink.records("e")} == {"run-1"}
+    assert {k for k, _ in sink.records("e")} == {"run-1"}
+    assert {k for k, _ in sink.records("m")} == {partition_for("run-1", FakeSink.PARTITIONS)}
     assert [(s.seq, s.final, s.event_id) for s in metrics] == [
         (2, False, "run-1:n1:2"), (5, True, "run-1:n1:5"),
     ]  # fmt: skip
@@ -131,6 +145,27 @@ async def test_samples_and_lifecycle_are_routed_by_kind() -> None:
     assert [(e.type, e.exit_code) for e in events] == [
         ("container.started", None), ("container.exited", 137),
     ]  # fmt: skip
+
+
+async def test_a_flush_packs_all_runs_of_a_partition_into_few_records_in_order() -> None:
+    """At the agent's 4 Hz a flush holds about one sample per run: records are packed per
+    partition (Kafka's and the ingestor's cost is per record), each run's samples in the
+    partition its id hashes to (as a record keyed by it would be), in arrival order."""
+    sink = FakeSink()
+    target = server(sink)
+    runs = [f"run-{i}" for i in range(600)]
+    feed(target, *(sample(seq, run_id=run) for seq in (1, 2) for run in runs))
+    await target.flush()
+    ((topic, records),) = sink.published
+    assert topic == "m" and len(records) <= FakeSink.PARTITIONS * 2  # ≤ 256 lines a record
+    seqs: dict[str, list[int]] = {}
+    for partition, value in records:
+        for line in value.split(b"\n"):
+            parsed = UsageSample.model_validate_json(line)
+            assert partition == partition_for(parsed.run_id, FakeSink.PARTITIONS)
+            seqs.setdefault(parsed.run_id, []).append(parsed.seq)
+    assert seqs == {run: [1, 2] for run in runs}
+    assert target.counters.produced == 1200
 
 
 async def test_replay_windows_are_per_node_and_run() -> None:
