@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 def make_runtime(settings: RuntimeSettings) -> Runtime:
     if settings.kind == "podman":
         assert settings.docker_url is not None  # filled by Settings
-        return DockerApiRuntime(settings.docker_url, isolation=Isolation.from_settings(settings))
+        return DockerApiRuntime(
+            settings.docker_url,
+            isolation=Isolation.from_settings(settings),
+            workers=settings.start_concurrency + 4,  # the starts, the reconciler, stops and logs
+        )
     from app.runtime.kubernetes import KubernetesRuntime  # only when chosen: its client is heavy
 
     return KubernetesRuntime.from_settings(settings)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import urllib3.exceptions
@@ -55,10 +56,18 @@ def in_cluster_api_client(
 
 class KubernetesRuntime:
     def __init__(
-        self, api: client.ApiClient, options: JobOptions, *, reconnect_delay_s: float = 0.2
+        self,
+        api: client.ApiClient,
+        options: JobOptions,
+        *,
+        reconnect_delay_s: float = 0.2,
+        workers: int = 8,
     ) -> None:
         if api is None or options is None:
             raise ValueError("api and options are required")
+        # Its own threads: a start waits up to START_WAIT_S for the pod, and must not hold
+        # the threads the store's calls need (asyncio.to_thread's pool is small).
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="kubernetes-api")
         self._api = api
         self._options = options
         self._batch = client.BatchV1Api(api)
@@ -81,7 +90,10 @@ class KubernetesRuntime:
             env_inline_max_bytes=settings.kube_env_inline_bytes,
             read_only_root=settings.read_only_root,
         )
-        return cls(api_client_from_settings(settings), options)
+        # The starts, the reconciler, stops and logs.
+        return cls(
+            api_client_from_settings(settings), options, workers=settings.start_concurrency + 4
+        )
 
     async def _call(self, fn: Callable[[], T]) -> T:
         def guarded() -> T:
@@ -98,7 +110,7 @@ class KubernetesRuntime:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise RuntimeUnavailable(f"kubernetes API unreachable: {exc}") from exc
 
-        return await asyncio.to_thread(guarded)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, guarded)
 
     async def create(self, spec: ContainerSpec) -> str:
         job, secret_data = build_job(spec, self._options)
@@ -226,6 +238,7 @@ class KubernetesRuntime:
             self._api.close()
 
         await asyncio.to_thread(close)
+        self._threads.shutdown(wait=False)
 
 
 def _job_of(pod: dict[str, Any]) -> str | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -68,10 +69,17 @@ def _container_of_run(client: docker.DockerClient, name: str, run_id: str) -> st
 
 
 class DockerApiRuntime:
-    """One container per run; blocking SDK calls run in worker threads."""
+    """One container per run; blocking SDK calls run in the runtime's own worker threads,
+    so slow runtime calls (a start under load takes seconds) never hold the threads the
+    store's calls need (``asyncio.to_thread`` has only cores + 4 of them)."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float = 30.0, isolation: Isolation | None = None
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        isolation: Isolation | None = None,
+        workers: int = 8,
     ) -> None:
         if not base_url:
             raise ValueError("base_url is required (e.g. unix:///path/podman.sock)")
@@ -79,6 +87,8 @@ class DockerApiRuntime:
         self._isolation = isolation or Isolation()
         self._timeout_s = timeout_s
         self._client: docker.DockerClient | None = None
+        self._workers = workers
+        self._threads: ThreadPoolExecutor | None = None
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -101,7 +111,9 @@ class DockerApiRuntime:
             except docker.errors.DockerException as exc:
                 raise RuntimeUnavailable(f"container runtime at {self._base_url}: {exc}") from exc
 
-        return await asyncio.to_thread(guarded)
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="docker-api")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, guarded)
 
     async def create(self, spec: ContainerSpec) -> str:
         name = f"faas-{spec.run_id}"
@@ -206,3 +218,6 @@ class DockerApiRuntime:
         if self._client is not None:
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
+        if self._threads is not None:
+            threads, self._threads = self._threads, None
+            threads.shutdown(wait=False)
