@@ -85,6 +85,7 @@ class RuntimeSettings(BaseModel):
     # Accepted runs whose containers are being created and started at once. podman spends
     # ~0.2 s of CPU per start: more than a few in parallel on 2 cores only queue in podman.
     start_concurrency: int = Field(default=4, ge=1)
+    close_concurrency: int = Field(default=4, ge=1)  # ended runs the reconciler closes at once
     lost_after_s: float = Field(default=30.0, gt=0)  # runtime unreachable this long: runs failed
     log_tail_bytes: int = Field(default=256 * 1024, ge=1024)
     # Isolation of every function container (docs/SECURITY.md).

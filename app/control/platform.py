@@ -28,7 +28,8 @@ def make_runtime(settings: RuntimeSettings) -> Runtime:
         return DockerApiRuntime(
             settings.docker_url,
             isolation=Isolation.from_settings(settings),
-            workers=settings.start_concurrency + 4,  # the starts, the reconciler, stops and logs
+            # The starts, the reconciler's closes, its listing, the API's stops and logs.
+            workers=settings.start_concurrency + settings.close_concurrency + 2,
         )
     from app.runtime.kubernetes import KubernetesRuntime  # only when chosen: its client is heavy
 

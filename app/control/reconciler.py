@@ -46,15 +46,31 @@ class Reconciler:
         runs = await asyncio.to_thread(control.runs.active)
         containers = {c.run_id: c for c in await control.runtime.list_runs()}
         now = datetime.now(UTC)
+        ended = []
         for run in runs:
             if run.status != RunStatus.RUNNING or run.id in control.finisher.closing:
                 continue  # a queued run is the starter's until it runs
             container = containers.get(run.id)
             if container is None or not container.running:
-                await self._settle(run)
+                ended.append(run)
             elif run.deadline_at is not None and now >= run.deadline_at:
                 await control.finisher.stop_and_finish(run, RunStatus.TIMED_OUT, StopReason.TIMEOUT)
+        await self._settle_all(ended)
         await self._remove_leftovers(list(containers.values()))
+
+    async def _settle_all(self, runs: list[RunRecord]) -> None:
+        """Closing a run takes three runtime calls (inspect, logs, remove): a few runs at a
+        time, not one after another (200 runs ending together waited ~1 min in a row)."""
+        slots = asyncio.Semaphore(self._control.limits.close_concurrency)
+
+        async def settle(run: RunRecord) -> None:
+            async with slots:
+                await self._settle(run)
+
+        outcomes = await asyncio.gather(*(settle(run) for run in runs), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):  # the runtime is unreachable: fail the pass
+                raise outcome
 
     async def _settle(self, run: RunRecord) -> None:
         """The list shows the container stopped, or not at all: ask the runtime about this

@@ -90,10 +90,9 @@ class KubernetesRuntime:
             env_inline_max_bytes=settings.kube_env_inline_bytes,
             read_only_root=settings.read_only_root,
         )
-        # The starts, the reconciler, stops and logs.
-        return cls(
-            api_client_from_settings(settings), options, workers=settings.start_concurrency + 4
-        )
+        # The starts, the reconciler's closes, its listing, the API's stops and logs.
+        workers = settings.start_concurrency + settings.close_concurrency + 2
+        return cls(api_client_from_settings(settings), options, workers=workers)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         def guarded() -> T:

@@ -72,6 +72,7 @@ def test_start_concurrency_defaults_to_four_and_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert Settings().runtime.start_concurrency == 4
+    assert Settings().runtime.close_concurrency == 4
     monkeypatch.setenv("FAAS_RUNTIME_START_CONCURRENCY", "2")
     assert Settings().runtime.start_concurrency == 2
     monkeypatch.setenv("FAAS_RUNTIME_START_CONCURRENCY", "0")
