@@ -4,6 +4,10 @@ Consumer group, no auto-commit; records accumulate until ``flush_count`` samples
 ``flush_ms`` of waiting, whichever first; then the batch is inserted, unusable records go
 to the dead-letter topic, and only then are the offsets committed. A crash before the
 commit redelivers the batch, which the ReplacingMergeTree key makes harmless.
+
+Flushes are a pipeline: while one batch is inserted, the next is parsed (in a worker
+thread: Polars releases the GIL) and the one after is consumed. Inserts, dead letters and
+commits stay in batch order: a batch commits only after every batch before it did.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -23,6 +28,7 @@ from app.settings import ClickHouseSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 GROUP = "faas-ingestor"
+FLUSHES_IN_FLIGHT = 2
 
 
 @dataclass
@@ -53,7 +59,8 @@ class _Batch:
         values = [record.value for record in records]
         self.records += records
         self.values += values
-        self.samples += len(values) + b"".join(filter(None, values)).count(b"\n")
+        # Records pack up to 256 samples, one per line: counting per record costs little.
+        self.samples += len(values) + sum(value.count(b"\n") for value in values if value)
         self.offsets[partition] = records[-1].offset + 1
 
 
@@ -84,9 +91,14 @@ class Ingestor(RestartingLoop):
     def dead_letter_topic(self) -> str:
         return f"{self._kafka.metrics_topic}.dlq"
 
-    async def _flush(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
-        # In a thread: Polars parses without the GIL while the loop keeps consuming.
+    async def _flush(
+        self, consumer: AIOKafkaConsumer, batch: _Batch, previous: asyncio.Task[None] | None
+    ) -> None:
+        # In a thread: Polars parses without the GIL while the loop keeps consuming and the
+        # previous batch is inserted.
         rows, bad = await asyncio.to_thread(samples_batch, batch.values)
+        if previous is not None:
+            await previous  # in order: its failure stops this batch before its commit
         dead = []
         for index in bad:
             record = batch.records[index]
@@ -124,8 +136,9 @@ class Ingestor(RestartingLoop):
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await consumer.start()
-        # One flush may run while the next batch is consumed; flushes stay in order.
-        inflight: asyncio.Task[None] | None = None
+        # Up to FLUSHES_IN_FLIGHT flushes run (one inserting, one parsing) while the next
+        # batch is consumed; each waits for the one before it to insert and commit.
+        inflight: deque[asyncio.Task[None]] = deque()
         try:
             batch = _Batch()
             while not self._stopping.is_set():
@@ -141,16 +154,17 @@ class Ingestor(RestartingLoop):
                         batch.add(partition, records)
                 due = batch and time.monotonic() - batch.opened_at >= self._flush_s
                 if batch.samples >= self._flush_count or due:
-                    if inflight is not None:
-                        await inflight
-                    inflight = asyncio.create_task(self._flush(consumer, batch))
+                    while inflight and (inflight[0].done() or len(inflight) >= FLUSHES_IN_FLIGHT):
+                        await inflight.popleft()  # raises if that flush failed
+                    previous = inflight[-1] if inflight else None
+                    inflight.append(asyncio.create_task(self._flush(consumer, batch, previous)))
                     batch = _Batch()
-            if inflight is not None:
-                await inflight
+            while inflight:
+                await inflight.popleft()
             if batch:
-                await self._flush(consumer, batch)
+                await self._flush(consumer, batch, None)
         finally:
-            if inflight is not None and not inflight.done():
-                inflight.cancel()
-                await asyncio.gather(inflight, return_exceptions=True)
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
             await consumer.stop()

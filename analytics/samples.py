@@ -74,10 +74,17 @@ _JSON_SCHEMA = {
 _REQUIRED = [name for name in _JSON_SCHEMA if name != "final"]
 
 
-def _timestamps(column: str) -> pl.Expr:
-    return (
-        pl.col(column).str.to_datetime(time_zone="UTC", time_unit="us", strict=True).alias(column)
-    )
+_METER_TIME = "%Y-%m-%dT%H:%M:%S%.fZ"  # what the meter server writes (and pydantic, in UTC)
+
+
+def _timestamps(times: pl.Series) -> pl.Series:
+    """RFC 3339 text → UTC microseconds. The meter server's one format is parsed with an
+    explicit pattern (~10x cheaper than letting Polars work the format out per batch);
+    any other form (an offset, a space for ``T``) takes the general parser."""
+    parsed = times.str.to_datetime(_METER_TIME, time_zone="UTC", time_unit="us", strict=False)
+    if parsed.null_count():
+        parsed = times.str.to_datetime(time_zone="UTC", time_unit="us", strict=True)
+    return parsed
 
 
 def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
@@ -87,15 +94,19 @@ def samples_batch(values: Sequence[bytes | None]) -> tuple[pa.Table, list[int]]:
     any bad line is bad as a whole. Falls back to record-by-record validation only when the
     batch contains a bad record."""
     try:
-        if any(not v for v in values):
+        if not all(values):
             raise ValueError("empty record")
-        lines = sum(v.count(b"\n") + 1 for v in values if v)
-        frame = pl.read_ndjson(b"\n".join(values), schema=_JSON_SCHEMA)  # type: ignore[arg-type]
-        if frame.height != lines or frame.null_count().select(pl.sum_horizontal(_REQUIRED)).item():
+        data = b"\n".join(values)  # type: ignore[arg-type]
+        frame = pl.read_ndjson(data, schema=_JSON_SCHEMA)
+        if frame.height != data.count(b"\n") + 1:
+            raise ValueError("a line is not one JSON object")
+        if frame.null_count().select(pl.sum_horizontal(_REQUIRED)).item():
             raise ValueError("missing fields")
         if not (frame["type"] == "usage.sample").all():
             raise ValueError("not a usage sample")
-        frame = frame.with_columns(_timestamps("event_time"), pl.col("final").fill_null(False))
+        frame = frame.with_columns(
+            _timestamps(frame["event_time"]).alias("event_time"), pl.col("final").fill_null(False)
+        )
         rows = frame.select(
             "run_id", "tenant", "node", "seq", pl.col("event_time").alias("sample_time"),
             "cpu_ns", "memory_bytes", "memory_byte_ms", "final",

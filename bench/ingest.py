@@ -1,6 +1,10 @@
 """Ingestor throughput: samples/s from Kafka into ClickHouse, next to its two ceilings
 measured in the same run on the same data: draining the topic with a bare aiokafka
-consumer (no parsing, no insert) and a bare ``insert_arrow`` of the same rows."""
+consumer (no parsing, no insert) and a bare ``insert_arrow`` of the same rows.
+
+The topic is filled the way the meter server fills it: each flush of ``flush`` samples
+packed per partition (``meter.records.pack_by_partition``, up to 256 lines a record) and
+sent without a key. ``flush=1`` gives one sample per record (the old layout)."""
 
 from __future__ import annotations
 
@@ -10,15 +14,16 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from analytics.clickhouse import DirectClickHouse
 from analytics.ingestor import Ingestor
 from analytics.samples import samples_table
 from analytics.schema import migrate
 from app.events import UsageSample
-from app.kafka import KafkaEventPublisher, ensure_topics
+from app.kafka import KafkaEventPublisher, ensure_topics, partition_for
 from app.settings import ClickHouseSettings, KafkaSettings
+from meter.records import pack_by_partition
 
 
 def make_samples(count: int, runs: int = 1000) -> list[UsageSample]:
@@ -39,18 +44,33 @@ def make_samples(count: int, runs: int = 1000) -> list[UsageSample]:
     ]
 
 
-async def _produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
+async def _produce(kafka: KafkaSettings, samples: list[UsageSample], flush: int) -> int:
+    """Records as the meter server makes them from flushes of ``flush`` samples; returns
+    how many records that made."""
+    publisher = KafkaEventPublisher(kafka, max_batch_bytes=1 << 20)
+    topic = kafka.metrics_topic
     try:
-        for key, value in payloads:
-            await producer.send(topic, key=key, value=value)
-        await producer.flush()
+        partitions = await publisher.partition_count(topic)
+        records = 0
+        for start in range(0, len(samples), max(flush, 1000)):  # one publish per ≥1000
+            chunk = samples[start : start + max(flush, 1000)]
+            packed = [
+                record
+                for at in range(0, len(chunk), flush)
+                for record in pack_by_partition(
+                    [(s.run_id, s.model_dump_json().encode()) for s in chunk[at : at + flush]],
+                    lambda run_id: partition_for(run_id, partitions),
+                )
+            ]
+            await publisher.publish_to(topic, packed)
+            records += len(packed)
+        return records
     finally:
-        await producer.stop()
+        await publisher.close()
 
 
 async def _drain(bootstrap: str, topic: str, count: int) -> float:
+    """Seconds to consume ``count`` records (no parsing)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"drain-{uuid.uuid4().hex}",
         enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
@@ -66,21 +86,19 @@ async def _drain(bootstrap: str, topic: str, count: int) -> float:
         await consumer.stop()
 
 
-async def measure_async(bootstrap: str, count: int) -> dict[str, float]:
+async def measure_async(
+    bootstrap: str, count: int, flush: int = 500, flush_count: int = 20_000
+) -> dict[str, float]:
     kafka = KafkaSettings(
         bootstrap=bootstrap, metrics_topic=f"bench-metrics-{uuid.uuid4().hex[:8]}"
     )
     await ensure_topics(kafka, f"{kafka.metrics_topic}.dlq")
     samples = make_samples(count)
-    await _produce(
-        bootstrap,
-        kafka.metrics_topic,
-        [(s.run_id.encode(), s.model_dump_json().encode()) for s in samples],
-    )
+    records = await _produce(kafka, samples, flush)
     clickhouse = DirectClickHouse(f"chdb://{tempfile.mkdtemp(prefix='faas-bench-ch-')}", "bench")
     await migrate(clickhouse)
 
-    drain_s = await _drain(bootstrap, kafka.metrics_topic, count)
+    drain_s = await _drain(bootstrap, kafka.metrics_topic, records)
     table = samples_table(samples)
     start = time.perf_counter()
     await clickhouse.insert_arrow("usage_samples", table)
@@ -89,7 +107,7 @@ async def measure_async(bootstrap: str, count: int) -> dict[str, float]:
 
     publisher = KafkaEventPublisher(kafka)
     ingestor = Ingestor(
-        kafka, clickhouse, publisher, ClickHouseSettings(flush_count=20_000, flush_ms=500)
+        kafka, clickhouse, publisher, ClickHouseSettings(flush_count=flush_count, flush_ms=500)
     )
     start = time.perf_counter()
     task = asyncio.create_task(ingestor.run())
@@ -107,6 +125,8 @@ async def measure_async(bootstrap: str, count: int) -> dict[str, float]:
     clickhouse.close()
     return {
         "samples": count,
+        "records": records,
+        "flush_count": flush_count,
         "stored": int(stored),
         "ingestor_samples_per_s": count / ingest_s,
         "bare_consume_samples_per_s": count / drain_s,
@@ -114,5 +134,9 @@ async def measure_async(bootstrap: str, count: int) -> dict[str, float]:
     }
 
 
-def measure(bootstrap: str, count: int = 200_000) -> dict[str, float]:
-    return asyncio.run(measure_async(bootstrap, count))
+def measure(
+    bootstrap: str, count: int = 200_000, flush: int = 500, flush_count: int = 20_000
+) -> dict[str, float]:
+    """``flush``: samples per meter-server flush (1: one sample a record, the old layout);
+    ``flush_count``: the ingestor's ``FAAS_CLICKHOUSE_FLUSH_COUNT``."""
+    return asyncio.run(measure_async(bootstrap, count, flush, flush_count))

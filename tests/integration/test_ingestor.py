@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from analytics.clickhouse import DirectClickHouse
+from analytics.ingestion import IngestionProgress, caught_up
 from analytics.ingestor import Ingestor
 from analytics.schema import migrate
 from app.events import UsageSample
-from app.kafka import KafkaEventPublisher, ensure_topics
+from app.kafka import KafkaEventPublisher, ensure_topics, partition_for
 from app.settings import ClickHouseSettings, KafkaSettings
+from meter.records import pack_by_partition
 
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -152,4 +157,91 @@ async def test_kill_mid_stream_loses_nothing_and_stores_nothing_twice(
     finally:
         if not task.done():
             task.cancel()
+        await publisher.close()
+
+
+class HeldFirstInsert:
+    """The real engine, but the first insert waits until released: the next batches are
+    parsed meanwhile (the flush pipeline) and must not commit before the first is stored."""
+
+    def __init__(self, clickhouse: DirectClickHouse) -> None:
+        self._clickhouse = clickhouse
+        self.release = asyncio.Event()
+        self.inserted: list[int] = []
+
+    async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        await self._clickhouse.command(sql, parameters)
+
+    async def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
+        return await self._clickhouse.query_arrow(sql, parameters)
+
+    async def insert_arrow(self, table: str, data: pa.Table) -> None:
+        if not self.inserted:
+            self.inserted.append(0)
+            await self.release.wait()
+        await self._clickhouse.insert_arrow(table, data)
+        self.inserted.append(data.num_rows)
+
+
+async def test_packed_records_in_a_flush_pipeline_commit_in_order(
+    kafka: KafkaSettings, clickhouse: DirectClickHouse
+) -> None:
+    """Records packing many runs' samples (as the meter server sends them), flushes
+    overlapping: while the first batch's insert is held, later batches are parsed but
+    nothing is committed; once it is stored, everything lands once and commits."""
+    await ensure_topics(kafka, f"{kafka.metrics_topic}.dlq")
+    await migrate(clickhouse)
+    samples = [sample(run, seq) for seq in range(100) for run in range(60)]
+    publisher = KafkaEventPublisher(kafka)
+    partitions = await publisher.partition_count(kafka.metrics_topic)
+    lines = [(s.run_id, s.model_dump_json().encode()) for s in samples]
+
+    async def produce_packed(part: list[tuple[str, bytes]]) -> None:
+        for start in range(0, len(part), 300):  # flushes of 300 samples, as a meter server's
+            await publisher.publish_to(
+                kafka.metrics_topic,
+                pack_by_partition(
+                    part[start : start + 300], lambda r: partition_for(r, partitions)
+                ),
+            )
+
+    held = HeldFirstInsert(clickhouse)
+    group = f"ingest-{uuid.uuid4().hex[:8]}"
+    ingestor = Ingestor(
+        kafka, held, publisher, ClickHouseSettings(flush_count=500, flush_ms=50), group_id=group
+    )
+    progress = IngestionProgress(kafka, group_id=group)
+    await produce_packed(lines[:1200])
+    task = asyncio.create_task(ingestor.run())
+    try:
+        for _ in range(300):
+            if len(held.inserted) == 1:  # the first batch's insert is held
+                break
+            await asyncio.sleep(0.05)
+        first = ingestor.counters.consumed
+        await produce_packed(lines[1200:])  # later batches, consumed and parsed meanwhile
+        for _ in range(100):
+            if ingestor.counters.consumed > first:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert len(held.inserted) == 1 and ingestor.counters.consumed > first
+        assert await progress.committed() == {}  # nothing before the first batch is stored
+        held.release.set()
+        await wait_for_count(clickhouse, len(samples))
+        ends = await progress.end_offsets()
+        for _ in range(100):
+            if caught_up(await progress.committed(), ends):
+                break
+            await asyncio.sleep(0.1)
+        assert caught_up(await progress.committed(), ends)
+        assert await totals(clickhouse) == (
+            len(samples),
+            sum(s.cpu_ns for s in samples),
+            sum(s.memory_byte_ms for s in samples),
+        )
+        assert sum(held.inserted) == len(samples) and ingestor.counters.dead_lettered == 0
+    finally:
+        ingestor.stop()
+        await asyncio.wait_for(task, 30)
         await publisher.close()
