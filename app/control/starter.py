@@ -21,15 +21,18 @@ from app.runtime import ImageNotFound, RuntimeError_, RuntimeUnavailable
 from app.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
-# A run whose start keeps failing with errors that are not the runtime's answer (a bug, a
-# timeout) is given up after this many attempts instead of being retried forever.
-MAX_UNEXPECTED_ERRORS = 5
+# A start that fails (other than for a missing image, or an unreachable runtime) is tried
+# this many times before the run is given up: podman also answers 500 for passing trouble
+# ("netavark: EOF" while it is busy or stopping), not only for a start it will never make.
+MAX_START_ATTEMPTS = 3
 
 
 def refusal_message(exc: Exception) -> str:
     if isinstance(exc, ImageNotFound):
         return f"image not available to the runtime: {exc}"
-    return f"the runtime could not start the container: {exc}"
+    if isinstance(exc, RuntimeError_):
+        return f"the runtime could not start the container: {exc}"
+    return f"the runtime could not start the container: {exc!r}"
 
 
 class Starter:
@@ -40,7 +43,7 @@ class Starter:
         self._concurrency, self._idle_s = concurrency, idle_s
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unexpected: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
         self.in_flight: set[str] = set()  # runs being started now
 
     def wake(self) -> None:
@@ -68,18 +71,18 @@ class Starter:
         settled = True  # whether this run's turn is over (its slot goes to the next one)
         try:
             await self._launcher.start(run_id)
-            self._unexpected.pop(run_id, None)
+            self._failures.pop(run_id, None)
         except RuntimeUnavailable as exc:
             settled = False
             log.warning("starter: runtime unavailable, run %s stays queued: %s", run_id, exc)
-        except (ImageNotFound, RuntimeError_) as exc:
+        except ImageNotFound as exc:
             await self._give_up(run_id, refusal_message(exc))
         except Exception as exc:
-            self._unexpected[run_id] += 1
-            settled = self._unexpected[run_id] >= MAX_UNEXPECTED_ERRORS
+            self._failures[run_id] += 1
+            settled = self._failures[run_id] >= MAX_START_ATTEMPTS
             log.warning("starter: starting run %s failed (%r)", run_id, exc)
             if settled:
-                await self._give_up(run_id, f"the runtime could not start the container: {exc!r}")
+                await self._give_up(run_id, refusal_message(exc))
         finally:
             self.in_flight.discard(run_id)
             if settled:
@@ -88,7 +91,7 @@ class Starter:
     async def _give_up(self, run_id: str, message: str) -> None:
         try:
             await self._launcher.give_up(run_id, message)
-            self._unexpected.pop(run_id, None)
+            self._failures.pop(run_id, None)
         except Exception:  # the store is away: the run stays queued and is tried again
             log.exception("starter: could not record that run %s failed to start", run_id)
 

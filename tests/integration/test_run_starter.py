@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.control import ControlPlane
-from app.runtime import ContainerSpec, ContainerState, RuntimeUnavailable
+from app.runtime import ContainerSpec, ContainerState, RuntimeError_, RuntimeUnavailable
 from app.runtime.podman import DockerApiRuntime
 from app.schemas import RunStatus, StopReason
 from app.store.runs import OutgoingEvent
@@ -168,6 +168,26 @@ async def test_a_start_the_runtime_refuses_ends_failed_with_its_reason(
     assert "/missing" in run.message
     assert [e["type"] for e in events_of(control, run.id)] == ["deployed", "stopped"]
     assert not containers_of(run.id)  # the created container is removed
+
+
+async def test_a_passing_runtime_error_at_start_is_retried(podman_url: str, tmp_path: Path) -> None:
+    class StartFailsOnce(DockerApiRuntime):
+        failed = False
+
+        async def start(self, container_id: str) -> ContainerState:
+            if not self.failed:
+                self.failed = True  # as podman answers while it is busy or stopping
+                raise RuntimeError_("netavark: : EOF (injected)")
+            return await super().start(container_id)
+
+    plane = await make_control(podman_url, tmp_path, StartFailsOnce(podman_url))
+    try:
+        accepted = await plane.submit(crash(exit_code=0))
+        (run,) = await run_until_final(plane, [accepted.id])
+        assert (run.status, run.exit_code) == (RunStatus.SUCCEEDED, 0)
+        assert [e["type"] for e in events_of(plane, run.id)] == ["deployed", "started", "stopped"]
+    finally:
+        await close_control(plane)
 
 
 async def test_stop_before_the_start_wins_and_leaves_no_container(control: ControlPlane) -> None:
