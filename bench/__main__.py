@@ -21,12 +21,17 @@ def main() -> int:
     }
     with platform_stack() as stack:
         latency = run_latency.measure(stack)
+        # Records as the meter server packs them, and one sample a record (the old layout).
         ingested = ingest.measure(stack.kafka_bootstrap, count=1_000_000)
-        metered = meter_server.measure(stack.kafka_bootstrap)
+        ingested_single = ingest.measure(stack.kafka_bootstrap, count=1_000_000, flush=1)
+        metered = meter_server.measure(stack.kafka_bootstrap)  # 500 runs: ~200 Hz each
+        metered_4hz = meter_server.measure(stack.kafka_bootstrap, runs=20_000)  # the agent's
     ours, api, cli = latency["ours"], latency["api"], latency["cli"]
     report["run_latency"] = latency
     report["ingest"] = ingested
+    report["ingest_one_sample_a_record"] = ingested_single
     report["meter_server"] = metered
+    report["meter_server_20000_runs"] = metered_4hz
     report["rebill"] = rebill.measure()
     report["http_overhead"] = http_overhead.measure(http_overhead.parse_args([]))
     # 200 concurrent runs and the memory they cost need the whole platform (meter, invoicer,
@@ -42,6 +47,8 @@ def main() -> int:
         "ours_vs_cli_p50": ours["p50_ms"] / cli["p50_ms"],
         "ingestor_vs_bare_consume": ingested["ingestor_samples_per_s"]
         / ingested["bare_consume_samples_per_s"],
+        "ingestor_vs_bare_insert": ingested["ingestor_samples_per_s"]
+        / ingested["bare_insert_arrow_samples_per_s"],
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{report['when']}.json"

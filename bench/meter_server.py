@@ -17,7 +17,7 @@ from app.kafka import KafkaEventPublisher, ensure_topics
 from app.settings import Settings
 from infra import devstack
 from meter.protocol import MessageKind, MeterMessage, encode
-from meter.server import PRODUCE_BATCH_BYTES, RECEIVE_BUFFER, MeterServer
+from meter.server import PRODUCE_BATCH_BYTES, MeterServer, receive_buffer
 
 SECRET = b"bench-secret"
 
@@ -63,7 +63,7 @@ def _sender(port: int, payload: list[bytes], rate: float | None) -> mp.Process:
 def bare_ceiling(payload: list[bytes]) -> float:
     """Datagrams/s a bare ``recv`` loop receives from the same sender."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    receive_buffer(sock)  # the same buffer as the server's
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(1.0)
     sender = _sender(sock.getsockname()[1], payload, None)

@@ -47,12 +47,24 @@ MAX_TRACKED_RUNS = 100_000  # replay windows kept
 RUN_TTL_S = 600.0  # a window not heard from for this long is forgotten
 FLUSH_BATCH = 20_000  # records per publish call
 STOP_FLUSH_S = 10.0  # how long stop() tries to hand the buffer to Kafka
-RECEIVE_BUFFER = 8 * 1024 * 1024  # bursts queue in the kernel, not on the floor
+RECEIVE_BUFFER = 32 * 1024 * 1024  # bursts (a flush, a GC pause) queue in the kernel
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux: beyond rmem_max, if allowed
 DRAIN_BATCH = 512  # datagrams read per wake-up before the loop serves other tasks
 DROP_LOG_EVERY_S = 10.0
 PRODUCE_BATCH_BYTES = (
     256 * 1024
 )  # per partition; 16 KiB (aiokafka default) cost ~4x the CPU per sample
+
+
+def receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
+    """Asks for a ``size``-byte receive buffer: SO_RCVBUFFORCE where permitted (root or
+    CAP_NET_ADMIN), else SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``. Returns
+    what the socket got (Linux reports twice the asked size: its bookkeeping included)."""
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            break
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
 
 
 class MeterSink(EventPublisher, Protocol):
@@ -334,8 +346,13 @@ class MeterServer(asyncio.DatagramProtocol):
         )[0]
         sock = socket.socket(family, kind, proto)
         try:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            buffered = receive_buffer(sock)
+            if buffered < RECEIVE_BUFFER:
+                log.info(
+                    "meter server: UDP receive buffer %d bytes (asked %d; raise "
+                    "net.core.rmem_max or grant CAP_NET_ADMIN to absorb longer bursts)",
+                    buffered, RECEIVE_BUFFER,
+                )  # fmt: skip
             sock.bind(address)
             sock.setblocking(False)
             self._http = await asyncio.start_server(
