@@ -130,7 +130,8 @@ async def test_cpu_past_its_timeout_ends_timed_out(platform: Platform) -> None:
         {"image_name": "localhost/faas-cpu", "email": EMAIL, "timeout_s": 2,
          "cpu": 0.5, "env": {"DURATION_S": "30"}},
     )  # fmt: skip
-    run = wait_for_status(platform, run_id, {"timed_out", "failed", "succeeded"}, timeout_s=20)
+    # The wait includes the start now (the 202 comes before it): seconds at a load of 25.
+    run = wait_for_status(platform, run_id, {"timed_out", "failed", "succeeded"}, timeout_s=45)
     assert run["status"] == "timed_out"
     assert run["reason"] == "timeout"
     started = run["started_at"]
