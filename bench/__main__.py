@@ -26,12 +26,14 @@ def main() -> int:
         ingested_single = ingest.measure(stack.kafka_bootstrap, count=1_000_000, flush=1)
         metered = meter_server.measure(stack.kafka_bootstrap)  # 500 runs: ~200 Hz each
         metered_4hz = meter_server.measure(stack.kafka_bootstrap, runs=20_000)  # the agent's
+        sustained = meter_server.measure_sustained(stack.kafka_bootstrap)
     ours, api, cli = latency["ours"], latency["api"], latency["cli"]
     report["run_latency"] = latency
     report["ingest"] = ingested
     report["ingest_one_sample_a_record"] = ingested_single
     report["meter_server"] = metered
     report["meter_server_20000_runs"] = metered_4hz
+    report["meter_server_sustained"] = sustained
     report["rebill"] = rebill.measure()
     report["http_overhead"] = http_overhead.measure(http_overhead.parse_args([]))
     # 200 concurrent runs and the memory they cost need the whole platform (meter, invoicer,
