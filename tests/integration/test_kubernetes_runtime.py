@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from app.control.finisher import outcome_of_exit
@@ -19,20 +19,6 @@ from app.runtime.kube_spec import JobOptions, secret_name
 from app.runtime.kubernetes import KubernetesRuntime
 from app.schemas import RunStatus, StopReason
 from infra.kube import NODE_NAME, POD_LOG, KubeCluster
-
-
-@pytest.fixture
-async def namespace(kube_cluster: KubeCluster) -> AsyncIterator[str]:
-    name = f"fns-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(config.new_client_from_config(config_file=kube_cluster.kubeconfig))
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture
-def api(kube_cluster: KubeCluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kube_cluster.kubeconfig)
 
 
 def make_runtime(api: client.ApiClient, namespace: str, **kw: float) -> KubernetesRuntime:

@@ -4,16 +4,13 @@ Job created by an attempt whose answer was lost is found again instead of duplic
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from app.runtime.kube_spec import secret_name
 from app.schemas import RunRequest, RunStatus, StopReason
-from infra.kube import KubeCluster
 from tests.integration.control_kit import (
     close_control,
     make_control,
@@ -23,20 +20,6 @@ from tests.integration.control_kit import (
 from tests.integration.test_kubernetes_runtime import finish_pod, make_runtime, spec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def api(kube_cluster: KubeCluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=kube_cluster.kubeconfig)
-
-
-@pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    name = f"start-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 async def test_create_is_idempotent_per_run(api: client.ApiClient, namespace: str) -> None:

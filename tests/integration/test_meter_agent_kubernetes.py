@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from app.runtime.base import ContainerSpec
 from app.runtime.kube_spec import JobOptions
@@ -36,24 +36,9 @@ INTERVAL_NS = 250_000_000
 
 
 @pytest.fixture
-def admin(kube_cluster: KubeCluster) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=kube_cluster.kubeconfig)
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def namespace(admin: client.ApiClient) -> Iterator[str]:
-    name = f"fns-{uuid.uuid4().hex[:8]}"
-    client.CoreV1Api(admin).create_namespace({"metadata": {"name": name}})
-    yield name
-    client.CoreV1Api(admin).delete_namespace(name)
-
-
-@pytest.fixture
-async def runtime(admin: client.ApiClient, namespace: str) -> AsyncIterator[KubernetesRuntime]:
+async def runtime(api: client.ApiClient, namespace: str) -> AsyncIterator[KubernetesRuntime]:
     options = JobOptions(namespace=namespace, ttl_after_finished_s=600, env_inline_max_bytes=64)
-    rt = KubernetesRuntime(admin, options)
+    rt = KubernetesRuntime(api, options)
     yield rt
     await rt.close()
 
@@ -112,7 +97,7 @@ def drain(sock: socket.socket, run_id: str, into: list[MeterMessage]) -> None:
 
 
 async def test_agent_meters_a_kubernetes_run_from_its_pod_cgroup(
-    admin: client.ApiClient, namespace: str, runtime: KubernetesRuntime, udp: socket.socket,
+    api: client.ApiClient, namespace: str, runtime: KubernetesRuntime, udp: socket.socket,
     kube_cluster: KubeCluster, tmp_path: Path,
 ) -> None:  # fmt: skip
     run = ContainerSpec(
@@ -120,7 +105,7 @@ async def test_agent_meters_a_kubernetes_run_from_its_pod_cgroup(
         cpu=0.5, memory_mb=128, env={}, timeout_s=120,
     )  # fmt: skip
     await runtime.start(await runtime.create(run))
-    core = client.CoreV1Api(admin)
+    core = client.CoreV1Api(api)
     pod = running_pod(core, namespace, run.run_id)
     container = Container(tmp_path, pod)
     started = parse_time(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])

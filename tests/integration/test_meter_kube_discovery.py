@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from app.runtime.base import ContainerSpec
 from app.runtime.kube_spec import JobOptions
 from app.runtime.kube_state import parse_time
 from app.runtime.kubernetes import KubernetesRuntime
-from infra.kube import NODE_NAME, KubeCluster
+from infra.kube import NODE_NAME
 from meter.discovery import Container, Described
 from meter.kube_cgroups import PodCgroup
 from meter.kube_discovery import KubeDiscovery
@@ -37,29 +37,14 @@ def until(probe: Callable[[], T | None], what: str, timeout_s: float = 30) -> T:
 
 
 @pytest.fixture
-def admin(kube_cluster: KubeCluster) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=kube_cluster.kubeconfig)
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def namespace(admin: client.ApiClient) -> Iterator[str]:
-    name = f"fns-{uuid.uuid4().hex[:8]}"
-    client.CoreV1Api(admin).create_namespace({"metadata": {"name": name}})
-    yield name
-    client.CoreV1Api(admin).delete_namespace(name)
-
-
-@pytest.fixture
-def other_node(admin: client.ApiClient) -> Iterator[str]:
+def other_node(api: client.ApiClient) -> Iterator[str]:
     """A second kwok node; unschedulable, so only pods bound to it by name land there."""
     name = f"kwok-other-{uuid.uuid4().hex[:6]}"
     node = {
         "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}},
         "spec": {"unschedulable": True},
     }
-    core = client.CoreV1Api(admin)
+    core = client.CoreV1Api(api)
     core.create_node(node)
     yield name
     # Without its node no kubelet (kwok) confirms a graceful delete: the namespace would hang.
@@ -71,9 +56,9 @@ def other_node(admin: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture
-async def runtime(admin: client.ApiClient, namespace: str) -> AsyncIterator[KubernetesRuntime]:
+async def runtime(api: client.ApiClient, namespace: str) -> AsyncIterator[KubernetesRuntime]:
     options = JobOptions(namespace=namespace, ttl_after_finished_s=600, env_inline_max_bytes=64)
-    rt = KubernetesRuntime(admin, options)
+    rt = KubernetesRuntime(api, options)
     yield rt
     await rt.close()
 
@@ -121,9 +106,9 @@ def bare_pod(name: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
 
 
 async def test_lists_this_nodes_function_containers_with_run_tenant_id_and_start(
-    admin: client.ApiClient, namespace: str, other_node: str, runtime: KubernetesRuntime
+    api: client.ApiClient, namespace: str, other_node: str, runtime: KubernetesRuntime
 ) -> None:
-    core = client.CoreV1Api(admin)
+    core = client.CoreV1Api(api)
     a, b = run_spec("alice@example.com"), run_spec("bob+x@example.org")
     for run in (a, b):
         await runtime.start(await runtime.create(run))
@@ -137,7 +122,7 @@ async def test_lists_this_nodes_function_containers_with_run_tenant_id_and_start
     assert elsewhere["spec"]["nodeName"] == other_node
     assert elsewhere["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
 
-    discovery = KubeDiscovery(admin, namespace, NODE_NAME, reconnect_delay_s=0.1)
+    discovery = KubeDiscovery(api, namespace, NODE_NAME, reconnect_delay_s=0.1)
     try:
         id_a, id_b = kubelet_id(pod_a), kubelet_id(pod_b)
         assert sorted(discovery.running(), key=lambda c: c.run_id) == sorted(
@@ -167,9 +152,9 @@ async def test_lists_this_nodes_function_containers_with_run_tenant_id_and_start
         discovery.close()
 
 
-def test_a_new_pod_is_seen_through_the_watch(admin: client.ApiClient, namespace: str) -> None:
-    core = client.CoreV1Api(admin)
-    discovery = KubeDiscovery(admin, namespace, NODE_NAME, reconnect_delay_s=0.1)
+def test_a_new_pod_is_seen_through_the_watch(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    discovery = KubeDiscovery(api, namespace, NODE_NAME, reconnect_delay_s=0.1)
     try:
         assert discovery.running() == []  # lists (starts the cache) with nothing there
         core.create_namespaced_pod(namespace, bare_pod("late", NODE_NAME, {"faas.run_id": "l"}))
