@@ -121,6 +121,10 @@ class MeterSettings(BaseModel):
     kubeconfig: str | None = None  # kubernetes: None: FAAS_RUNTIME_KUBECONFIG, else in-cluster
     flush_count: int = Field(default=500, ge=1)  # server: produce after this many…
     flush_ms: int = Field(default=100, ge=1)  # …or this long, whichever first
+    # Server: Kafka record batch size per partition. One batch is one message to the broker:
+    # keep it under the topic's max.message.bytes (1,048,588 by default, Strimzi's too).
+    # 256 KiB batches made produce the bottleneck (~7 µs a sample of waiting on round trips).
+    produce_batch_bytes: int = Field(default=1_000_000, ge=16 * 1024)
 
 
 class HttpSettings(BaseModel):

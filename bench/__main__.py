@@ -27,6 +27,7 @@ def main() -> int:
         metered = meter_server.measure(stack.kafka_bootstrap)  # 500 runs: ~200 Hz each
         metered_4hz = meter_server.measure(stack.kafka_bootstrap, runs=20_000)  # the agent's
         sustained = meter_server.measure_sustained(stack.kafka_bootstrap)
+        batched = meter_server.measure_batched(stack.kafka_bootstrap)  # what the agent sends
     ours, api, cli = latency["ours"], latency["api"], latency["cli"]
     report["run_latency"] = latency
     report["ingest"] = ingested
@@ -34,6 +35,7 @@ def main() -> int:
     report["meter_server"] = metered
     report["meter_server_20000_runs"] = metered_4hz
     report["meter_server_sustained"] = sustained
+    report["meter_server_batched"] = batched
     report["rebill"] = rebill.measure()
     report["http_overhead"] = http_overhead.measure(http_overhead.parse_args([]))
     # 200 concurrent runs and the memory they cost need the whole platform (meter, invoicer,

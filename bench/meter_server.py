@@ -17,8 +17,9 @@ import uuid
 from app.kafka import KafkaEventPublisher, ensure_topics
 from app.settings import Settings
 from infra import devstack
+from meter.batch_protocol import encode_batches
 from meter.protocol import MessageKind, MeterMessage, encode
-from meter.server import PRODUCE_BATCH_BYTES, MeterServer, receive_buffer
+from meter.server import MeterServer, receive_buffer
 
 SECRET = b"bench-secret"
 
@@ -40,6 +41,30 @@ def datagrams(count: int, runs: int = 500, first_seq: int = 1) -> list[bytes]:
             SECRET,
         )
         for i in range(count)
+    ]
+
+
+def batched_datagrams(count: int, runs: int = 20_000, first_seq: int = 1) -> list[bytes]:
+    """``count`` samples as the agent sends them (protocol version 2): each tick, the
+    samples of every run, as many to a datagram as fit (~12 with UUID-long run ids)."""
+    messages = [
+        MeterMessage(
+            kind=MessageKind.SAMPLE,
+            node="bench",
+            run_id=f"{i % runs:036d}",
+            tenant="b@example.com",
+            seq=first_seq + i // runs,
+            time_unix_ns=1_800_000_000_000_000_000 + i,
+            cpu_ns=i,
+            memory_bytes=1 << 26,
+            memory_byte_ms=i,
+        )
+        for i in range(count)
+    ]
+    return [
+        datagram
+        for tick in range(0, count, runs)
+        for datagram in encode_batches(messages[tick : tick + runs], SECRET)
     ]
 
 
@@ -82,10 +107,19 @@ def bare_ceiling(payload: list[bytes]) -> float:
 
 
 async def _server_run(
-    bootstrap: str, payload: list[bytes], rate: float | None, warmup: list[bytes] = ()
+    bootstrap: str,
+    payload: list[bytes],
+    rate: float | None,
+    warmup: list[bytes] = (),
+    samples: int | None = None,
+    warmup_samples: int | None = None,
 ) -> dict[str, float]:
-    """``warmup`` (one datagram per run, sent slowly and not counted) puts the server in the
-    steady state of a long-lived run: its identity is known, its first datagram decoded."""
+    """``warmup`` (one sample per run, sent slowly and not counted) puts the server in the
+    steady state of a long-lived run: its identity is known, its first datagram decoded.
+    ``rate`` is datagrams/s; ``samples`` how many the payload holds (version 2: several a
+    datagram), and the figures are per sample."""
+    samples = samples or len(payload)
+    warmup_samples = warmup_samples or len(warmup)
     settings = Settings(
         kafka={"bootstrap": bootstrap, "metrics_topic": f"bench-m-{uuid.uuid4().hex[:8]}"},
         meter={
@@ -95,13 +129,15 @@ async def _server_run(
         },
     )  # type: ignore[arg-type]
     await ensure_topics(settings.kafka)
-    publisher = KafkaEventPublisher(settings.kafka, max_batch_bytes=PRODUCE_BATCH_BYTES)
+    publisher = KafkaEventPublisher(
+        settings.kafka, max_batch_bytes=settings.meter.produce_batch_bytes
+    )
     server = MeterServer(settings.meter, settings.kafka, publisher)
     await server.start(log_every_s=3600)
     if warmup:
         await asyncio.to_thread(_sender(settings.meter.port, list(warmup), 20_000).join)
         for _ in range(100):
-            if server.counters.produced >= len(warmup):
+            if server.counters.produced >= warmup_samples:
                 break
             await asyncio.sleep(0.1)
     before = server.counters.accepted, server.counters.produced
@@ -122,10 +158,11 @@ async def _server_run(
     await server.stop()
     await publisher.close()
     return {
-        "offered_per_s": len(payload) / sent_s,
+        "datagrams_per_s": len(payload) / sent_s,
+        "offered_per_s": samples / sent_s,
         "accepted_per_s": accepted / sent_s,
         "produced_per_s": produced / produced_s,
-        "loss": 1 - accepted / len(payload),
+        "loss": 1 - accepted / samples,
         "server_cpu_us_per_accepted": 1e6 * cpu_s / max(accepted, 1),
     }
 
@@ -166,4 +203,38 @@ def measure_sustained(
             f"at_{int(rate)}_per_s": asyncio.run(_server_run(bootstrap, payload, rate, warmup))
             for rate in rates
         },
+    }
+
+
+def measure_batched(
+    bootstrap: str,
+    runs: int = 20_000,
+    rates: tuple[float, ...] = (50_000, 100_000, 150_000, 200_000),
+    count: int = 1_500_000,
+) -> dict[str, object]:
+    """The agent's protocol version 2 (a tick's samples packed ~12 to a datagram), paced in
+    samples/s and sustained (``count`` samples per rate), next to the bare ``recv`` loop on
+    the same datagrams and to version 1 at 100,000/s, in the same run."""
+    payload = batched_datagrams(count, runs)
+    warmup = batched_datagrams(runs, runs, first_seq=0)
+    per_datagram = count / len(payload)
+    single = datagrams(count, runs)
+    single_warmup = datagrams(runs, runs, first_seq=0)
+    bare = bare_ceiling(payload)
+
+    def run(rate: float) -> dict[str, float]:
+        return asyncio.run(
+            _server_run(bootstrap, payload, rate / per_datagram, warmup, count, runs)
+        )
+
+    return {
+        "samples": count,
+        "runs": runs,
+        "samples_per_datagram": per_datagram,
+        "bare_recv_datagrams_per_s": bare,
+        "bare_recv_samples_per_s": bare * per_datagram,
+        **{f"at_{int(rate)}_samples_per_s": run(rate) for rate in rates},
+        "version_1_at_100000_per_s": asyncio.run(
+            _server_run(bootstrap, single, 100_000, single_warmup)
+        ),
     }

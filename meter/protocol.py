@@ -208,8 +208,32 @@ def encode(msg: MeterMessage, secret: bytes) -> bytes:
 
     Raises :class:`EncodeError` if a field is out of range or ``secret`` is empty.
     """
+    secret = checked_secret(secret)
+    kind, flags, node, run_id, tenant, fixed = encoded_parts(msg)
+    signed = b"".join(
+        (
+            _HEADER.pack(MAGIC, VERSION, kind, flags, len(node), len(run_id), len(tenant)),
+            node,
+            run_id,
+            tenant,
+            fixed,
+        )
+    )
+    datagram = signed + _tag(secret, signed)
+    if len(datagram) > MAX_DATAGRAM_BYTES:  # impossible with the limits above; kept as a guard
+        raise EncodeError(f"datagram is {len(datagram)} bytes > {MAX_DATAGRAM_BYTES}")
+    return datagram
+
+
+def checked_secret(secret: object) -> bytes:
     if not isinstance(secret, bytes | bytearray) or not secret:
         raise EncodeError("secret must be non-empty bytes")
+    return bytes(secret)
+
+
+def encoded_parts(msg: MeterMessage) -> tuple[int, int, bytes, bytes, bytes, bytes]:
+    """``msg`` validated, as wire pieces: kind, flags, node, run id, tenant and the packed
+    fixed fields (seq … exit_code). Shared by both versions' encoders."""
     if not isinstance(msg.kind, MessageKind):
         raise EncodeError(f"kind must be a MessageKind, not {msg.kind!r}")
     if not isinstance(msg.final, bool):
@@ -228,34 +252,17 @@ def encode(msg: MeterMessage, secret: bytes) -> bytes:
     node = _encode_str("node", msg.node, MAX_NODE_BYTES)
     run_id = _encode_str("run_id", msg.run_id, MAX_RUN_ID_BYTES)
     tenant = _encode_str("tenant", msg.tenant, MAX_TENANT_BYTES)
-    seq = _check_int("seq", msg.seq, 0, _U64_MAX)
-    time_unix_ns = _check_int("time_unix_ns", msg.time_unix_ns, 0, _U64_MAX)
-    cpu_ns = _check_int("cpu_ns", msg.cpu_ns, 0, _U64_MAX)
-    memory_bytes = _check_int("memory_bytes", msg.memory_bytes, 0, _U64_MAX)
     memory_byte_ms = _check_int("memory_byte_ms", msg.memory_byte_ms, 0, _U128_MAX)
-
-    flags = FLAG_FINAL if msg.final else 0
-    signed = b"".join(
-        (
-            _HEADER.pack(MAGIC, VERSION, msg.kind, flags, len(node), len(run_id), len(tenant)),
-            node,
-            run_id,
-            tenant,
-            _FIXED.pack(
-                seq,
-                time_unix_ns,
-                cpu_ns,
-                memory_bytes,
-                memory_byte_ms >> 64,
-                memory_byte_ms & _U64_MAX,
-                exit_code,
-            ),
-        )
+    fixed = _FIXED.pack(
+        _check_int("seq", msg.seq, 0, _U64_MAX),
+        _check_int("time_unix_ns", msg.time_unix_ns, 0, _U64_MAX),
+        _check_int("cpu_ns", msg.cpu_ns, 0, _U64_MAX),
+        _check_int("memory_bytes", msg.memory_bytes, 0, _U64_MAX),
+        memory_byte_ms >> 64,
+        memory_byte_ms & _U64_MAX,
+        exit_code,
     )
-    datagram = signed + _tag(bytes(secret), signed)
-    if len(datagram) > MAX_DATAGRAM_BYTES:  # impossible with the limits above; kept as a guard
-        raise EncodeError(f"datagram is {len(datagram)} bytes > {MAX_DATAGRAM_BYTES}")
-    return datagram
+    return msg.kind, FLAG_FINAL if msg.final else 0, node, run_id, tenant, fixed
 
 
 # --------------------------------------------------------------------------- decoding

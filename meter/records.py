@@ -14,6 +14,10 @@ from meter.protocol import DropReason, MessageKind, MeterMessage
 
 @dataclass
 class MeterCounters:
+    """Per message (a version-2 datagram carries several; one dropped whole counts as one):
+    ``received == accepted + Σ dropped + dropped_buffer_full``. ``datagrams`` are read."""
+
+    datagrams: int = 0
     received: int = 0
     accepted: int = 0
     produced: int = 0
@@ -23,7 +27,7 @@ class MeterCounters:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "received": self.received, "accepted": self.accepted, "produced": self.produced,
+            "datagrams": self.datagrams, "received": self.received, "accepted": self.accepted, "produced": self.produced,
             "dropped": dict(self.dropped), "dropped_buffer_full": self.dropped_buffer_full,
             "produce_failures": self.produce_failures,
         }  # fmt: skip
@@ -31,8 +35,10 @@ class MeterCounters:
     def prometheus(self) -> str:
         lines = [
             "# TYPE faas_meter_datagrams_total counter",
-            f'faas_meter_datagrams_total{{outcome="received"}} {self.received}',
-            f'faas_meter_datagrams_total{{outcome="accepted"}} {self.accepted}',
+            f"faas_meter_datagrams_total {self.datagrams}",
+            "# TYPE faas_meter_messages_total counter",
+            f'faas_meter_messages_total{{outcome="received"}} {self.received}',
+            f'faas_meter_messages_total{{outcome="accepted"}} {self.accepted}',
             *(f'faas_meter_dropped_total{{reason="{r}"}} {n}' for r, n in self.dropped.items()),
             f'faas_meter_dropped_total{{reason="buffer_full"}} {self.dropped_buffer_full}',
             f"faas_meter_produced_total {self.produced}",

@@ -27,7 +27,8 @@ from app.runtime.kubernetes import KubernetesRuntime
 from app.settings import Settings
 from infra.kube import NODE_NAME, KubeCluster
 from meter.agent import MeterAgent, UdpSender
-from meter.protocol import MessageKind, MeterMessage, decode
+from meter.batch_protocol import decode_datagram
+from meter.protocol import MessageKind, MeterMessage
 from meter.sources import sources
 
 SECRET = "kube-agent-secret"
@@ -89,9 +90,9 @@ def drain(sock: socket.socket, run_id: str, into: list[MeterMessage]) -> None:
     sock.settimeout(0.2)
     try:
         while True:
-            message = decode(sock.recv(2048), SECRET.encode())
-            if message.run_id == run_id:
-                into.append(message)
+            for message in decode_datagram(sock.recv(2048), SECRET.encode()):
+                if message.run_id == run_id:
+                    into.append(message)
     except TimeoutError:
         return
 

@@ -246,7 +246,7 @@ async def test_hostile_datagrams_are_dropped_and_counted(pipeline: Pipeline) -> 
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         as_json = (await client.get(f"http://127.0.0.1:{port}/metrics.json")).json()
-    assert 'faas_meter_datagrams_total{outcome="accepted"} 60' in text
+    assert 'faas_meter_messages_total{outcome="accepted"} 60' in text
     assert as_json["dropped"]["replayed"] == 10
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.settings import Settings
 from meter.agent import FINAL_SENDS, SEQ_EPOCH_SHIFT, MeterAgent
+from meter.batch_protocol import decode_datagram
 from meter.cgroups import Reading
 from meter.discovery import Container, Described
 from meter.protocol import MessageKind, MeterMessage, decode
@@ -124,8 +125,12 @@ class Rig:
         self.agent.tick()
 
     def messages(self, run_id: str | None = None) -> list[MeterMessage]:
-        decoded = [decode(data, SECRET.encode()) for data in self.sent]
-        return [m for m in decoded if run_id is None or m.run_id == run_id]
+        return [m for m in self.decoded(self.sent) if run_id is None or m.run_id == run_id]
+
+    @staticmethod
+    def decoded(datagrams: list[bytes]) -> list[MeterMessage]:
+        """Every message of the datagrams, in order (a version-2 datagram holds several)."""
+        return [m for data in datagrams for m in decode_datagram(data, SECRET.encode())]
 
 
 async def test_memory_is_integrated_by_trapezoid_from_started_at() -> None:
@@ -234,7 +239,7 @@ async def test_final_repeats_are_spread_over_time() -> None:
     for _ in range(12):
         before = len(rig.sent)
         await rig.step(100)
-        if any(decode(d, SECRET.encode()).kind is MessageKind.SAMPLE for d in rig.sent[before:]):
+        if any(m.kind is MessageKind.SAMPLE for m in rig.decoded(rig.sent[before:])):
             send_times.append(rig.clock.now)
     assert len(send_times) == FINAL_SENDS
     assert min(b - a for a, b in itertools.pairwise(send_times)) >= 400 * MS
@@ -334,7 +339,7 @@ async def test_run_forever_samples_until_cancelled() -> None:
     await asyncio.sleep(0.3)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    kinds = [decode(d, SECRET.encode()).kind for d in sent]
+    kinds = [m.kind for d in sent for m in decode_datagram(d, SECRET.encode())]
     assert kinds[0] is MessageKind.STARTED and kinds.count(MessageKind.SAMPLE) >= 10
 
 

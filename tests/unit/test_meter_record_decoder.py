@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.events import UsageSample
+from meter.batch_protocol import decode_datagram, encode_batches
 from meter.protocol import DecodeError, DropReason, MessageKind, decode, encode
 from meter.record_decoder import RecordDecoder
 from meter.records import iso_utc, pack_by_partition, to_record
-from tests.unit.test_meter_protocol import SECRET, messages
+from tests.unit.test_meter_batch_protocol import node_samples
+from tests.unit.test_meter_protocol import SECRET, messages, sign
 
 METRICS, EVENTS = "faas.metrics", "faas.node-events"
 
@@ -146,3 +148,53 @@ def test_precomputed_pads_give_the_standard_hmac(secret: bytes, message: bytes) 
     outer = outer.copy()
     outer.update(inner.digest())
     assert outer.digest() == hmac.digest(secret, message, hashlib.sha256)
+
+
+def batch_reference(data: bytes) -> list[tuple[str, str, dict[str, object]]] | DropReason:
+    try:
+        messages = decode_datagram(data, SECRET)
+    except DecodeError as exc:
+        return exc.reason
+    records = [to_record(m, METRICS, EVENTS) for m in messages]
+    return [(topic, key, json.loads(value)) for topic, key, value in records]
+
+
+def batch_verdict(
+    decoder: RecordDecoder, data: bytes
+) -> list[tuple[str, str, dict[str, object]]] | DropReason:
+    try:
+        decoded = decoder.records(data)
+    except DecodeError as exc:
+        return exc.reason
+    return [(topic, key, json.loads(value)) for *_, topic, key, value in decoded]
+
+
+@settings(max_examples=100)
+@given(node_samples(), st.integers(0, 2**64 - 1))
+def test_cached_batch_path_formats_what_the_reference_formats(samples, seq) -> None:  # type: ignore[no-untyped-def]
+    decoder = RecordDecoder(SECRET, METRICS, EVENTS)
+    first = encode_batches(samples, SECRET)
+    later = encode_batches([dataclasses.replace(m, seq=seq) for m in samples], SECRET)
+    for datagram in first:
+        assert batch_verdict(decoder, datagram) == batch_reference(datagram)  # learns
+    for datagram in later:
+        assert batch_verdict(decoder, datagram) == batch_reference(datagram)  # cached
+    windows = [key for d in later for key, *_ in decoder.records(d)]
+    assert windows == [(m.node, m.run_id, METRICS) for m in samples]
+
+
+@settings(max_examples=300)
+@given(node_samples(), st.data())
+def test_damaged_batches_get_the_reference_verdict(samples, data) -> None:  # type: ignore[no-untyped-def]
+    decoder = RecordDecoder(SECRET, METRICS, EVENTS)
+    datagram = encode_batches(samples, SECRET)[0]
+    decoder.records(datagram)  # prime the cache with these identities
+    damaged = bytearray(datagram)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(damaged) + 3))
+    candidate = bytes(damaged[:cut]) + data.draw(st.binary(max_size=3))
+    if data.draw(st.booleans()):  # re-signed: past the tag, as a key holder's bytes would be
+        candidate = sign(candidate[:-16]) if len(candidate) > 16 else candidate
+    assert batch_verdict(decoder, candidate) == batch_reference(candidate)

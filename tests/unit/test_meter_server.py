@@ -13,6 +13,7 @@ from app.events import NodeEvent, UsageSample
 from app.kafka import partition_for
 from app.settings import Settings
 from infra import devstack
+from meter.batch_protocol import encode_batches
 from meter.protocol import DropReason, MessageKind, MeterMessage, encode
 from meter.server import MeterServer
 
@@ -124,6 +125,26 @@ async def test_every_datagram_is_counted_once_by_outcome() -> None:
     await target.flush()
     assert c.produced == 5
     assert [UsageSample.model_validate_json(v).seq for _, v in sink.records("m")] == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_counts_its_samples_each_checked_against_its_window() -> None:
+    sink = FakeSink()
+    target = server(sink)
+    feed(target, sample(5, run_id="run-2"))  # run-2 is at seq 5 already
+    (batch,) = encode_batches([sample(1), sample(2, run_id="run-2"), sample(5, run_id="run-2"),
+                               sample(6, run_id="run-2"), sample(1, run_id="run-3")], SECRET)  # fmt: skip
+    forged = encode_batches([sample(2), sample(7, run_id="run-2")], b"another-key")[0]
+    feed(target, batch, forged, batch[:-1])
+    c = target.counters
+    # 1 + 5 messages read, 2 datagrams dropped whole (1 message each)
+    assert (c.datagrams, c.received, c.accepted) == (4, 8, 4)
+    assert (c.dropped["replayed"], c.dropped["duplicate"]) == (1, 1)
+    assert (c.dropped["bad_signature"], c.dropped["truncated"]) == (1, 1)
+    assert_balanced(target)
+    await target.flush()
+    runs = [(s.run_id, s.seq) for s in map(UsageSample.model_validate_json,
+                                             (v for _, v in sink.records("m")))]  # fmt: skip
+    assert sorted(runs) == [("run-1", 1), ("run-2", 5), ("run-2", 6), ("run-3", 1)]
 
 
 async def test_samples_and_lifecycle_are_routed_by_kind() -> None:
@@ -318,7 +339,7 @@ async def test_counters_over_udp_and_http() -> None:
         head, body = await http_get(port, b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         assert head.startswith("HTTP/1.0 200") and "text/plain" in head
         text = body.decode()
-        assert 'faas_meter_datagrams_total{outcome="accepted"} 1' in text
+        assert 'faas_meter_messages_total{outcome="accepted"} 1' in text
         assert 'faas_meter_dropped_total{reason="replayed"} 1' in text
         assert 'faas_meter_dropped_total{reason="bad_magic"} 1' in text
         for request in (
