@@ -39,8 +39,11 @@ def test_reads_a_real_container_and_none_once_it_exited(podman_url: str) -> None
             readings.append(current)
             time.sleep(0.01)
         assert readings and current is None
-        # Never a post-exit level: podman keeps the emptied cgroup (memory freed) a moment.
-        assert min(r.memory_bytes for r in readings) > 16 << 20
+        # No post-exit level from an emptied cgroup (podman keeps it a moment after the
+        # exit). Only the last reading may be lower: taken while the exiting hog's memory
+        # was being freed, before the kernel took it out of cgroup.procs (a wider window
+        # under load; seen at 388 KiB at load average ~15).
+        assert min(r.memory_bytes for r in readings[:-1]) > 16 << 20
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, env=env)
     assert reader.read(cid) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -25,10 +24,12 @@ from app.runtime.podman import parse_docker_time
 from app.settings import Settings
 from infra import devstack
 from meter.agent import FINAL_SENDS, MeterAgent, udp_sender
+from meter.batch_protocol import encode_batches
 from meter.cgroups import CgroupReader
 from meter.discovery import DockerDiscovery
 from meter.protocol import MessageKind, MeterMessage, encode
 from meter.server import MeterServer
+from tests.integration.meter_kit import run_records
 
 SECRET = "meter-test-secret"
 
@@ -102,31 +103,7 @@ async def run_container(
 async def records_of(pipeline: Pipeline, topic: str, run_id: str) -> list[bytes]:
     """Every record of ``run_id`` on ``topic``, read back by an independent consumer."""
     await pipeline.server.flush()
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=pipeline.settings.kafka.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        idle = 0
-        while idle < 4:
-            batch = await consumer.getmany(timeout_ms=250)
-            idle = 0 if batch else idle + 1
-            for records in batch.values():
-                for r in records:
-                    if r.value is None:
-                        continue
-                    if r.key == run_id.encode():  # lifecycle events: keyed by run id
-                        values.append(r.value)
-                    elif r.key is None:  # samples: a partition's runs packed, one per line
-                        values.extend(
-                            line
-                            for line in r.value.split(b"\n")
-                            if json.loads(line)["run_id"] == run_id
-                        )
-    finally:
-        await consumer.stop()
-    return values
+    return await run_records(pipeline.settings.kafka.bootstrap, topic, run_id)
 
 
 async def samples_of(pipeline: Pipeline, run_id: str) -> pl.DataFrame:
@@ -213,41 +190,50 @@ async def test_hostile_datagrams_are_dropped_and_counted(pipeline: Pipeline) -> 
     send = udp_sender("127.0.0.1", pipeline.settings.meter.port)
     secret = SECRET.encode()
     valid = [encode(message(seq), secret) for seq in range(1, 51)]
+    # Protocol version 2, as the agent sends samples: 10 entries under one tag.
+    (batch,) = encode_batches([message(seq) for seq in range(51, 61)], secret)
+    (forged_batch,) = encode_batches([message(seq) for seq in range(200, 205)], b"not-it")
     hostile = {
-        "bad_signature": [encode(message(100 + i), b"not-the-secret") for i in range(10)],
+        "bad_signature": [encode(message(100 + i), b"not-the-secret") for i in range(10)]
+        + [forged_batch],
         "replayed": valid[:10],
-        "truncated": [v[: len(v) // 2] for v in valid[:10]],
+        "truncated": [v[: len(v) // 2] for v in valid[:10]] + [batch[:-5]],
         "oversized": [b"FM" + os.urandom(1500)] * 5,
         "bad_version": [v[:2] + b"\x07" + v[3:] for v in valid[:3]],
         "malformed": [v + b"\x00" for v in valid[:4]],  # trailing bytes
     }
     garbage = [os.urandom(60 + i) for i in range(20)]
-    for data in valid:
+    for data in [*valid, batch]:
         send(data)
     await asyncio.sleep(0.2)
-    for batch in [*hostile.values(), garbage]:
-        for data in batch:
+    for datagrams in [*hostile.values(), garbage]:
+        for data in datagrams:
             send(data)
-    for seq in range(51, 61):  # valid traffic after the attack still lands
+    send(batch)  # replayed whole: 9 entries below the newest, the newest (60) again
+    for seq in range(61, 71):  # valid traffic after the attack still lands
         send(encode(message(seq), secret))
     await asyncio.sleep(0.5)
     counters = pipeline.server.counters
     for reason, sent in hostile.items():
-        assert counters.dropped[reason] == len(sent), (reason, counters.as_dict())
-    assert counters.accepted == 60
+        again = 9 if reason == "replayed" else 0
+        assert counters.dropped[reason] == len(sent) + again, (reason, counters.as_dict())
+    assert counters.dropped["duplicate"] == 1
+    assert counters.accepted == 70
     assert (
         counters.received
         == counters.accepted + sum(counters.dropped.values()) + counters.dropped_buffer_full
     )
-    assert counters.received == 60 + sum(len(b) for b in hostile.values()) + len(garbage)
+    # messages: 70 accepted, each hostile datagram one, the replayed batch's 10 entries
+    assert counters.received == 70 + sum(len(b) for b in hostile.values()) + len(garbage) + 10
     samples = await samples_of(pipeline, "hostile-run")
-    assert sorted(samples["seq"].to_list()) == list(range(1, 61))
+    assert sorted(samples["seq"].to_list()) == list(range(1, 71))
     port = pipeline.settings.meter.metrics_port
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         as_json = (await client.get(f"http://127.0.0.1:{port}/metrics.json")).json()
-    assert 'faas_meter_messages_total{outcome="accepted"} 60' in text
-    assert as_json["dropped"]["replayed"] == 10
+    assert 'faas_meter_messages_total{outcome="accepted"} 70' in text
+    assert as_json["dropped"]["replayed"] == 19
+    assert as_json["datagrams"] == counters.received - 18  # two 10-entry batches: 2 datagrams
 
 
 def _run_like_the_control_plane(podman_url: str, run_id: str) -> None:
