@@ -24,34 +24,13 @@ from meter.server import MeterServer, receive_buffer
 SECRET = b"bench-secret"
 
 
-def datagrams(count: int, runs: int = 500, first_seq: int = 1) -> list[bytes]:
+def _samples(count: int, runs: int, first_seq: int, run_id: str) -> list[MeterMessage]:
+    """``count`` samples, round-robin over ``runs`` runs (``run_id`` formats the index)."""
     return [
-        encode(
-            MeterMessage(
-                kind=MessageKind.SAMPLE,
-                node="bench",
-                run_id=f"run-{i % runs}",
-                tenant="b@example.com",
-                seq=first_seq + i // runs,
-                time_unix_ns=1_800_000_000_000_000_000 + i,
-                cpu_ns=i,
-                memory_bytes=1 << 26,
-                memory_byte_ms=i,
-            ),
-            SECRET,
-        )
-        for i in range(count)
-    ]
-
-
-def batched_datagrams(count: int, runs: int = 20_000, first_seq: int = 1) -> list[bytes]:
-    """``count`` samples as the agent sends them (protocol version 2): each tick, the
-    samples of every run, as many to a datagram as fit (~12 with UUID-long run ids)."""
-    messages = [
         MeterMessage(
             kind=MessageKind.SAMPLE,
             node="bench",
-            run_id=f"{i % runs:036d}",
+            run_id=run_id.format(i % runs),
             tenant="b@example.com",
             seq=first_seq + i // runs,
             time_unix_ns=1_800_000_000_000_000_000 + i,
@@ -61,6 +40,17 @@ def batched_datagrams(count: int, runs: int = 20_000, first_seq: int = 1) -> lis
         )
         for i in range(count)
     ]
+
+
+def datagrams(count: int, runs: int = 500, first_seq: int = 1) -> list[bytes]:
+    """Protocol version 1: one sample a datagram."""
+    return [encode(m, SECRET) for m in _samples(count, runs, first_seq, "run-{}")]
+
+
+def batched_datagrams(count: int, runs: int = 20_000, first_seq: int = 1) -> list[bytes]:
+    """``count`` samples as the agent sends them (protocol version 2): each tick, the
+    samples of every run, as many to a datagram as fit (~12 with UUID-long run ids)."""
+    messages = _samples(count, runs, first_seq, "{:036d}")
     return [
         datagram
         for tick in range(0, count, runs)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from app.events import UsageSample
 from app.kafka import ensure_topics
 from app.settings import KafkaSettings
 from infra import devstack
 from meter.protocol import MessageKind, MeterMessage, encode
+from tests.integration.meter_kit import topic_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"flood-test-secret"
@@ -81,23 +81,10 @@ def flood(port: int) -> tuple[int, int]:
 
 
 async def landed(kafka: KafkaSettings) -> dict[str, list[int]]:
-    consumer = AIOKafkaConsumer(
-        kafka.metrics_topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
     seqs: dict[str, list[int]] = {}
-    try:
-        idle = 0
-        while idle < 4:
-            batch = await consumer.getmany(timeout_ms=250)
-            idle = 0 if batch else idle + 1
-            for records in batch.values():
-                for record in records:
-                    for line in (record.value or b"").split(b"\n"):
-                        sample = UsageSample.model_validate_json(line)
-                        seqs.setdefault(sample.run_id, []).append(sample.seq)
-    finally:
-        await consumer.stop()
+    for _, line in await topic_records(kafka.bootstrap, kafka.metrics_topic):
+        sample = UsageSample.model_validate_json(line)
+        seqs.setdefault(sample.run_id, []).append(sample.seq)
     return seqs
 
 

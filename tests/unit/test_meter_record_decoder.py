@@ -46,18 +46,23 @@ def test_cached_path_formats_what_the_reference_formats(msg, seq, time_ns) -> No
     assert verdict(decoder, second) == reference(second)  # the cached path for samples
 
 
+def damage(datagram: bytes, data: st.DataObject) -> bytes:
+    """1-4 bytes overwritten, then cut anywhere and up to 3 bytes appended."""
+    damaged = bytearray(datagram)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(damaged) + 3))
+    return bytes(damaged[:cut]) + data.draw(st.binary(max_size=3))
+
+
 @settings(max_examples=500)
 @given(messages(), st.data())
 def test_damaged_datagrams_get_the_reference_verdict(msg, data) -> None:  # type: ignore[no-untyped-def]
     decoder = RecordDecoder(SECRET, METRICS, EVENTS)
     datagram = encode(msg, SECRET)
     decoder.record(datagram)  # prime the cache with this identity
-    damaged = bytearray(datagram)
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(damaged) - 1))
-        damaged[position] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(damaged) + 3))
-    candidate = bytes(damaged[:cut]) + data.draw(st.binary(max_size=3))
+    candidate = damage(datagram, data)
     assert verdict(decoder, candidate) == reference(candidate)
 
 
@@ -189,12 +194,7 @@ def test_damaged_batches_get_the_reference_verdict(samples, data) -> None:  # ty
     decoder = RecordDecoder(SECRET, METRICS, EVENTS)
     datagram = encode_batches(samples, SECRET)[0]
     decoder.records(datagram)  # prime the cache with these identities
-    damaged = bytearray(datagram)
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(damaged) - 1))
-        damaged[position] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(damaged) + 3))
-    candidate = bytes(damaged[:cut]) + data.draw(st.binary(max_size=3))
+    candidate = damage(datagram, data)
     if data.draw(st.booleans()):  # re-signed: past the tag, as a key holder's bytes would be
         candidate = sign(candidate[:-16]) if len(candidate) > 16 else candidate
     assert batch_verdict(decoder, candidate) == batch_reference(candidate)
