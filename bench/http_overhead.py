@@ -7,14 +7,22 @@ bare uvicorn in the same run:
   the reconciler removes containers as fast as they come and the load does not pile up
   running functions that would slow later requests),
 - ``GET /billing/{email}`` with 1,000,000 invoices (1,000 tenants x 1,000) in the embedded
-  ClickHouse engine; the bare app reads its own copy of the data (one process per path).
+  ClickHouse engine; the bare app reads its own copy of the data (one process per path),
+- ``GET /healthz`` (the control plane's; answers ``{"status": "ok"}`` and touches nothing):
+  the proxy and the framework alone.
+
+After each round of runs the bench waits (up to ``--cap-s``) until the starter has started
+what that round queued, so one target's containers are not started during the other's
+round; the wait is reported as ``drain_s``.
 
 Both sides use the same control plane, Kafka, podman service and store code; Serve is
-measured with its default proxy and with ``RAY_SERVE_ENABLE_HA_PROXY=1``; the bare app and
-Serve alternate round by round. Load: an asyncio httpx client on 127.0.0.1 with fixed
-concurrency, bounded in count and time.
+measured with its default proxy and with ``RAY_SERVE_ENABLE_HA_PROXY=1`` (``--proxies``);
+the bare app and Serve alternate round by round. Load: an asyncio httpx client on 127.0.0.1
+with fixed concurrency, bounded in count and time. The load average is recorded at the
+start and the end.
 
     python -m bench.http_overhead --invoices 1000000
+    python -m bench.http_overhead --proxies default --routes run,billing,healthz
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from bench.concurrent_runs import percentile
 from infra import devstack
 
 TENANTS = 1000
+ROUTES = ("run", "billing", "healthz")
+PROXIES = ("default", "haproxy")
 RUN_BODY = {"image_name": "localhost/faas-crash", "email": "overhead@example.com", "cpu": 0.1,
             "memory_mb": 32, "env": {"EXIT_CODE": "0"}}  # fmt: skip
 
@@ -187,6 +197,9 @@ async def hammer(
             if route == "run":
                 response = await http.post("/v1/functions/run", content=body)
                 ok = response.status_code == 202
+            elif route == "healthz":
+                response = await http.get("/healthz")
+                ok = response.status_code == 200
             else:
                 tenant = f"t{random.randrange(TENANTS)}@example.com"
                 response = await http.get(f"/billing/{tenant}")
@@ -203,30 +216,55 @@ async def hammer(
             "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99)}  # fmt: skip
 
 
+def _drain(url: str, cap_s: float) -> float:
+    """Waits until none of the bench's runs at ``url`` is still queued (the starter has
+    started, or given up, all of them); returns the time it took (at most ``cap_s``)."""
+    t0 = time.monotonic()
+    query: dict[str, str | int] = {"email": str(RUN_BODY["email"]), "limit": 1000}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while time.monotonic() - t0 < cap_s:
+            runs = http.get("/v1/functions", params=query).json()
+            if not any(run["status"] in ("pending", "deployed") for run in runs):
+                break
+            time.sleep(0.2)
+    return time.monotonic() - t0
+
+
 def _alternate(targets: dict[str, str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Rounds alternate between the targets so machine noise hits them alike."""
-    plan = {"run": (args.run_requests, args.run_concurrency), "billing": (args.billing_requests,
-            args.billing_concurrency)}  # fmt: skip
+    plan = {"run": (args.run_requests, args.run_concurrency),
+            "billing": (args.billing_requests, args.billing_concurrency),
+            "healthz": (args.healthz_requests, args.healthz_concurrency)}  # fmt: skip
     per_tenant = args.invoices // TENANTS
     rounds: dict[str, list[dict[str, float]]] = {}
-    for route, (count, concurrency) in plan.items():
+    for route in args.routes:
+        count, concurrency = plan[route]
         for url in targets.values():  # warm-up
             asyncio.run(hammer(url, route, 2 * concurrency, concurrency, 60, per_tenant))
+            if route == "run":
+                _drain(url, args.cap_s)
         for _ in range(args.rounds):
             for name, url in targets.items():
                 figures = asyncio.run(
                     hammer(url, route, count, concurrency, args.cap_s, per_tenant)
                 )
+                if route == "run":
+                    figures["drain_s"] = _drain(url, args.cap_s)
                 rounds.setdefault(f"{route}/{name}", []).append(figures)
     return {key: _merge(values) for key, values in rounds.items()}
 
 
 def _merge(rounds: list[dict[str, float]]) -> dict[str, Any]:
-    return {"req_per_s": round(sum(r["req_per_s"] for r in rounds) / len(rounds), 1),
-            "p50_ms": round(sorted(r["p50_ms"] for r in rounds)[len(rounds) // 2], 1),
-            "p99_ms": round(max(r["p99_ms"] for r in rounds), 1),
-            "requests": sum(int(r["requests"]) for r in rounds),
-            "errors": sum(int(r["errors"]) for r in rounds)}  # fmt: skip
+    merged: dict[str, Any] = {
+        "req_per_s": round(sum(r["req_per_s"] for r in rounds) / len(rounds), 1),
+        "p50_ms": round(sorted(r["p50_ms"] for r in rounds)[len(rounds) // 2], 1),
+        "p99_ms": round(max(r["p99_ms"] for r in rounds), 1),
+        "requests": sum(int(r["requests"]) for r in rounds),
+        "errors": sum(int(r["errors"]) for r in rounds),
+    }
+    if "drain_s" in rounds[0]:
+        merged["drain_s"] = [round(r["drain_s"], 1) for r in rounds]
+    return merged
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,7 +275,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     kafka = f"127.0.0.1:{devstack.free_port()}"
     podman = f"unix://{home / 'podman.sock'}"
     bare: subprocess.Popen[bytes] | None = None
-    results: dict[str, Any] = {"invoices": args.invoices, "tenants": TENANTS}
+    results: dict[str, Any] = {"invoices": args.invoices, "tenants": TENANTS,
+                               "load_avg_start": os.getloadavg()}  # fmt: skip
     try:
         t0 = time.monotonic()
         serve_ch, bare_ch = seeded_copies(home, args.invoices)
@@ -249,7 +288,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                  str(bare_port), bare_ch, kafka, podman])  # fmt: skip
         bare_url = f"http://127.0.0.1:{bare_port}"
         _wait_ready(bare_url)
-        for proxy in ("default", "haproxy"):
+        for proxy in args.proxies:
             if proxy == "haproxy":
                 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
             serve_home, port = home / f"serve-{proxy}", devstack.free_port()
@@ -273,7 +312,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         devstack.stop("podman", home / "podman")
         devstack.stop("kafka", home / "kafka")
         shutil.rmtree(home, ignore_errors=True)
+        results["load_avg_end"] = os.getloadavg()
     return results
+
+
+def _choices(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        chosen = [item for item in text.split(",") if item]
+        if not chosen or any(item not in allowed for item in chosen):
+            raise argparse.ArgumentTypeError(f"comma-separated, from {', '.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -284,7 +334,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-concurrency", type=int, default=4)
     parser.add_argument("--billing-requests", type=int, default=300)
     parser.add_argument("--billing-concurrency", type=int, default=8)
+    parser.add_argument("--healthz-requests", type=int, default=2000)
+    parser.add_argument("--healthz-concurrency", type=int, default=8)
     parser.add_argument("--cap-s", type=float, default=60, help="time cap per round and target")
+    parser.add_argument(
+        "--routes",
+        type=_choices(ROUTES),
+        default=list(ROUTES),
+        help="comma-separated, from run, billing, healthz (default: all)",
+    )
+    parser.add_argument(
+        "--proxies",
+        type=_choices(PROXIES),
+        default=list(PROXIES),
+        help="comma-separated, from default, haproxy (default: both)",
+    )
     return parser.parse_args(argv)
 
 
