@@ -30,6 +30,7 @@ def make_runtime(settings: RuntimeSettings) -> Runtime:
             isolation=Isolation.from_settings(settings),
             # The starts, the reconciler's closes, its listing, the API's stops and logs.
             workers=settings.start_concurrency + settings.close_concurrency + 2,
+            owner=settings.owner,
         )
     from app.runtime.kubernetes import KubernetesRuntime  # only when chosen: its client is heavy
 

@@ -66,7 +66,8 @@ class Runtime(Protocol):
         ...
 
     async def list_runs(self) -> list[ContainerState]:
-        """Every container carrying a run id label, running or not."""
+        """Every container of this installation (its owner label, where the runtime has
+        one) carrying a run id label, running or not."""
         ...
 
     async def stop(self, container_id: str, grace_s: int) -> None: ...

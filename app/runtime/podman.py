@@ -80,10 +80,15 @@ class DockerApiRuntime:
         timeout_s: float = 30.0,
         isolation: Isolation | None = None,
         workers: int = 8,
+        owner: str | None = None,
     ) -> None:
         if not base_url:
             raise ValueError("base_url is required (e.g. unix:///path/podman.sock)")
         self._base_url = base_url
+        # Listing only this installation's containers: the reconciler lists every pass, and
+        # hundreds of another's (or a test's) exited containers made each listing take
+        # 0.7-7.5 s and slowed every podman call (docs/BENCHMARKS.md, 2026-11-29).
+        self._listed = [RUN_ID_LABEL] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
         self._isolation = isolation or Isolation()
         self._timeout_s = timeout_s
         self._client: docker.DockerClient | None = None
@@ -175,7 +180,7 @@ class DockerApiRuntime:
 
     async def list_runs(self) -> list[ContainerState]:
         def list_runs(client: docker.DockerClient) -> list[ContainerState]:
-            found = client.api.containers(all=True, filters={"label": RUN_ID_LABEL})
+            found = client.api.containers(all=True, filters={"label": self._listed})
             states = []
             for summary in found:
                 running = summary.get("State") == "running"

@@ -31,7 +31,9 @@ async def make_control(
     await asyncio.to_thread(migrate, engine)
     settings = RuntimeSettings(docker_url=podman_url, owner=str(home), stop_grace_s=1, **limits)
     if runtime is None:
-        runtime = DockerApiRuntime(podman_url, isolation=Isolation.from_settings(settings))
+        runtime = DockerApiRuntime(
+            podman_url, isolation=Isolation.from_settings(settings), owner=settings.owner
+        )
     return ControlPlane(RunRepository(engine), runtime, TariffRepository(engine), settings, TOPIC)
 
 

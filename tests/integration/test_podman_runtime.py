@@ -74,3 +74,20 @@ async def test_create_is_idempotent_per_run(podman_url: str) -> None:
     finally:
         await runtime.remove(first)
         await runtime.close()
+
+
+async def test_an_installation_lists_only_its_own_containers(podman_url: str) -> None:
+    """Two installations on one podman: each one's reconciler sees its own runs only."""
+    ours, theirs = (
+        DockerApiRuntime(podman_url, owner="tests"),
+        DockerApiRuntime(podman_url, owner="another-installation"),
+    )
+    request = spec("localhost/faas-crash")  # owner "tests"
+    created = await ours.create(request)
+    try:
+        assert request.run_id in {c.run_id for c in await ours.list_runs()}
+        assert request.run_id not in {c.run_id for c in await theirs.list_runs()}
+    finally:
+        await ours.remove(created)
+        await ours.close()
+        await theirs.close()
