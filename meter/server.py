@@ -225,7 +225,8 @@ class MeterServer(asyncio.DatagramProtocol):
                 received = receive(size)
                 append(received)
                 data: bytes = received[0] if with_sources else received
-                messages += data[3] if data[2:3] == _BATCH_VERSION and len(data) > 3 else 1
+                # at least 1: a flood claiming 0 entries must not keep the loop here
+                messages += (data[3] or 1) if data[2:3] == _BATCH_VERSION and len(data) > 3 else 1
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:

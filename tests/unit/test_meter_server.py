@@ -13,9 +13,9 @@ from app.events import NodeEvent, UsageSample
 from app.kafka import partition_for
 from app.settings import Settings
 from infra import devstack
-from meter.batch_protocol import encode_batches
+from meter.batch_protocol import BATCH_VERSION, encode_batches
 from meter.protocol import DropReason, MessageKind, MeterMessage, encode
-from meter.server import MeterServer
+from meter.server import DRAIN_MESSAGES, MeterServer, receive_buffer
 
 SECRET = b"server-unit-secret"
 ADDR = ("127.0.0.1", 40000)
@@ -321,6 +321,30 @@ async def http_get(port: int, request: bytes) -> tuple[str, bytes]:
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")
     return head.decode(), body
+
+
+@pytest.mark.parametrize("entries", [0, 1, 13, 255])
+def test_a_wake_up_reads_a_bounded_number_of_messages(entries: int) -> None:
+    """However many entries datagrams claim (a flood saying 0 included), one wake-up reads
+    about DRAIN_MESSAGES messages and leaves the rest for the next: the flusher gets turns."""
+    target = server()
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        receive_buffer(receiver)
+        target._sock = receiver  # the server's own socket, without its event loop
+        claimed = b"FM" + bytes((BATCH_VERSION, entries, 1)) + bytes(40)  # forged framing
+        for _ in range(1200):
+            sender.sendto(claimed, receiver.getsockname())
+        target._drain()
+        read = target.counters.datagrams
+        assert read == min(1200, -(-DRAIN_MESSAGES // max(entries, 1)))
+        target._drain()
+        assert target.counters.datagrams > read  # the rest waited in the kernel
+        assert_balanced(target)
 
 
 async def test_counters_over_udp_and_http() -> None:
