@@ -57,6 +57,7 @@ ENTRY_HEADER_BYTES: Final = 4  # kind, flags, run id length, tenant length
 MAX_ENTRIES: Final = 255
 _FIXED_BYTES: Final = _FIXED.size
 _ENTRY_HEADER: Final = struct.Struct(">BBBB")
+_KINDS: Final = frozenset(kind.value for kind in MessageKind)
 
 
 def encode_batches(messages: Iterable[MeterMessage], secret: bytes) -> list[bytes]:
@@ -117,7 +118,7 @@ def entries_end(data: bytes) -> int:
 
 def decode_batch(data: bytes, secret: bytes) -> list[MeterMessage]:
     """Authenticate and parse a version-2 datagram whose magic and version were checked
-    (``meter.protocol.decode_any`` dispatches here). Framing (TRUNCATED, MALFORMED), then
+    (``decode_datagram`` dispatches here). Framing (TRUNCATED, MALFORMED), then
     the tag (BAD_SIGNATURE), then the contents: a datagram is accepted or dropped whole."""
     if len(data) > MAX_DATAGRAM_BYTES:
         raise DecodeError(DropReason.OVERSIZED, f"{len(data)} bytes > {MAX_DATAGRAM_BYTES}")
@@ -144,8 +145,7 @@ def decode_batch(data: bytes, secret: bytes) -> list[MeterMessage]:
 def _entry(data: bytes, pos: int, node: str) -> tuple[MeterMessage, int]:
     kind_raw, flags, run_id_len, tenant_len = _ENTRY_HEADER.unpack_from(data, pos)
     if kind_raw != MessageKind.SAMPLE:
-        known = kind_raw in MessageKind._value2member_map_
-        reason = DropReason.MALFORMED if known else DropReason.BAD_KIND
+        reason = DropReason.MALFORMED if kind_raw in _KINDS else DropReason.BAD_KIND
         raise DecodeError(reason, f"kind {kind_raw} in a batch (SAMPLEs only)")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(DropReason.MALFORMED, f"unknown flags {flags:#04x}")
