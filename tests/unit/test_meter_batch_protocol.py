@@ -69,12 +69,14 @@ def test_a_tick_of_many_runs_fills_datagrams() -> None:
     assert all(len(d) > MAX_DATAGRAM_BYTES - 109 for d in datagrams[:-1])
 
 
-def test_at_most_255_entries_a_datagram() -> None:
+def test_smallest_entries_fill_by_size_and_the_count_byte_says_how_many() -> None:
     tiny = [
         dataclasses.replace(GOLDEN, node="n", run_id="r", tenant="t", seq=i) for i in range(600)
-    ]  # 61 bytes an entry: 22 fit by size, so the count limit is not reached...
-    assert max(d[3] for d in encode_batches(tiny, SECRET)) <= MAX_ENTRIES
-    assert MAX_ENTRIES == 255  # ...and the count byte could not say more
+    ]  # 4 + 1 + 1 + 52 = 58 bytes an entry; 1,400 - 5 - 1 - 16 = 1,378: 23 fit (255 never binds)
+    datagrams = encode_batches(tiny, SECRET)
+    assert [d[3] for d in datagrams] == [23] * 26 + [2]
+    assert [d[3] for d in datagrams] == [len(decode_datagram(d, SECRET)) for d in datagrams]
+    assert MAX_ENTRIES * 58 > MAX_DATAGRAM_BYTES
 
 
 def test_nothing_to_send_is_no_datagram() -> None:
