@@ -44,7 +44,7 @@ from meter.protocol import (
     EncodeError,
     MessageKind,
     MeterMessage,
-    _decode_str,
+    _decode_strings,
     _tag,
     checked_secret,
     decode,
@@ -52,6 +52,7 @@ from meter.protocol import (
 )
 
 BATCH_VERSION: Final = 2
+BATCH_VERSION_BYTE: Final = bytes((BATCH_VERSION,))  # byte 2 of a version-2 datagram
 BATCH_HEADER_BYTES: Final = 5  # magic, version, count, node length
 ENTRY_HEADER_BYTES: Final = 4  # kind, flags, run id length, tenant length
 MAX_ENTRIES: Final = 255
@@ -131,10 +132,7 @@ def decode_batch(data: bytes, secret: bytes) -> list[MeterMessage]:
     count, node_len = data[3], data[4]
     if count == 0:
         raise DecodeError(DropReason.MALFORMED, "a batch with no entries")
-    if not 1 <= node_len <= MAX_NODE_BYTES:
-        raise DecodeError(DropReason.MALFORMED, f"node length {node_len} not in 1..64")
-    node = _decode_str("node", bytes(data[BATCH_HEADER_BYTES : BATCH_HEADER_BYTES + node_len]))
-    pos = BATCH_HEADER_BYTES + node_len
+    (node,), pos = _decode_strings(data, BATCH_HEADER_BYTES, (("node", node_len, MAX_NODE_BYTES),))
     messages = []
     for _ in range(count):
         message, pos = _entry(data, pos, node)
@@ -149,17 +147,11 @@ def _entry(data: bytes, pos: int, node: str) -> tuple[MeterMessage, int]:
         raise DecodeError(reason, f"kind {kind_raw} in a batch (SAMPLEs only)")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(DropReason.MALFORMED, f"unknown flags {flags:#04x}")
-    for name, length, limit in (
-        ("run_id", run_id_len, MAX_RUN_ID_BYTES),
-        ("tenant", tenant_len, MAX_TENANT_BYTES),
-    ):
-        if not 1 <= length <= limit:
-            raise DecodeError(DropReason.MALFORMED, f"{name} length {length} not in 1..{limit}")
-    pos += ENTRY_HEADER_BYTES
-    run_id = _decode_str("run_id", bytes(data[pos : pos + run_id_len]))
-    pos += run_id_len
-    tenant = _decode_str("tenant", bytes(data[pos : pos + tenant_len]))
-    pos += tenant_len
+    (run_id, tenant), pos = _decode_strings(
+        data,
+        pos + ENTRY_HEADER_BYTES,
+        (("run_id", run_id_len, MAX_RUN_ID_BYTES), ("tenant", tenant_len, MAX_TENANT_BYTES)),
+    )
     seq, time_unix_ns, cpu_ns, memory_bytes, mem_hi, mem_lo, exit_code = _FIXED.unpack_from(
         data, pos
     )
@@ -177,9 +169,6 @@ def decode_datagram(data: bytes, secret: bytes) -> list[MeterMessage]:
     """Any datagram the server may receive: version 2 here, everything else to version 1's
     ``decode`` (which names the drop reason of unknown versions). Raises only
     ``DecodeError``."""
-    if len(data) <= MAX_DATAGRAM_BYTES and data[2:3] == _BATCH_VERSION_BYTE and data[:2] == MAGIC:
+    if len(data) <= MAX_DATAGRAM_BYTES and data[2:3] == BATCH_VERSION_BYTE and data[:2] == MAGIC:
         return decode_batch(data, secret)
     return [decode(data, secret)]
-
-
-_BATCH_VERSION_BYTE: Final = bytes((BATCH_VERSION,))

@@ -279,6 +279,22 @@ def _decode_str(name: str, raw: bytes) -> str:
     return value
 
 
+def _decode_strings(
+    data: bytes, pos: int, fields: tuple[tuple[str, int, int], ...]
+) -> tuple[list[str], int]:
+    """The strings laid out back to back from ``pos``, as ``(name, length, limit)`` say
+    (every length checked before any is decoded), and where they end. Both versions'
+    decoders; the framing was checked by the caller, so the bytes are there."""
+    for name, length, limit in fields:
+        if not 1 <= length <= limit:
+            raise DecodeError(DropReason.MALFORMED, f"{name} length {length} not in 1..{limit}")
+    values = []
+    for name, length, _ in fields:
+        values.append(_decode_str(name, bytes(data[pos : pos + length])))
+        pos += length
+    return values, pos
+
+
 def decode(data: bytes, secret: bytes) -> MeterMessage:
     """Authenticate and parse one datagram.
 
@@ -326,21 +342,15 @@ def decode(data: bytes, secret: bytes) -> MeterMessage:
     final = bool(flags & FLAG_FINAL)
     if final and kind is MessageKind.STARTED:
         raise DecodeError(DropReason.MALFORMED, "FINAL flag on STARTED")
-    for name, length, limit in (
-        ("node", node_len, MAX_NODE_BYTES),
-        ("run_id", run_id_len, MAX_RUN_ID_BYTES),
-        ("tenant", tenant_len, MAX_TENANT_BYTES),
-    ):
-        if not 1 <= length <= limit:
-            raise DecodeError(DropReason.MALFORMED, f"{name} length {length} not in 1..{limit}")
-
-    pos = HEADER_BYTES
-    node = _decode_str("node", bytes(data[pos : pos + node_len]))
-    pos += node_len
-    run_id = _decode_str("run_id", bytes(data[pos : pos + run_id_len]))
-    pos += run_id_len
-    tenant = _decode_str("tenant", bytes(data[pos : pos + tenant_len]))
-    pos += tenant_len
+    (node, run_id, tenant), pos = _decode_strings(
+        data,
+        HEADER_BYTES,
+        (
+            ("node", node_len, MAX_NODE_BYTES),
+            ("run_id", run_id_len, MAX_RUN_ID_BYTES),
+            ("tenant", tenant_len, MAX_TENANT_BYTES),
+        ),
+    )
     seq, time_unix_ns, cpu_ns, memory_bytes, mem_hi, mem_lo, exit_code = _FIXED.unpack_from(
         data, pos
     )

@@ -22,13 +22,14 @@ from typing import Any, Final, NamedTuple
 from app.events import EVENT_VERSION
 from meter.batch_protocol import (
     BATCH_HEADER_BYTES,
-    BATCH_VERSION,
+    BATCH_VERSION_BYTE,
     ENTRY_HEADER_BYTES,
     decode_datagram,
 )
 from meter.protocol import (
     FLAG_FINAL,
     HEADER_BYTES,
+    MAGIC,
     MAX_DATAGRAM_BYTES,
     TAG_BYTES,
     DecodeError,
@@ -43,7 +44,7 @@ _FIXED: Final = struct.Struct(">QQQQQQi")
 _FIXED_BYTES: Final = _FIXED.size
 _SAMPLE_HEADER: Final = b"FM\x01" + bytes([MessageKind.SAMPLE])
 _MAX_IDENTITIES: Final = 100_000
-_BATCH_HEADER: Final = b"FM" + bytes((BATCH_VERSION,))
+_BATCH_HEADER: Final = MAGIC + BATCH_VERSION_BYTE
 _MIN_BATCH_BYTES: Final = BATCH_HEADER_BYTES + TAG_BYTES
 _SHA256_BLOCK: Final = 64
 _SAMPLE: Final = int(MessageKind.SAMPLE)
@@ -173,10 +174,11 @@ class RecordDecoder:
 
     def _slow_batch(self, data: bytes) -> list[DecodedRecord]:
         out: list[DecodedRecord] = []
+        batch = data[2:3] == BATCH_VERSION_BYTE  # version 1 identities are kept by _remember
         for message in decode_datagram(data, self._secret):
             topic, key, value = to_record(message, self._metrics, self._events)
             out.append(((message.node, message.run_id, topic), message.seq, topic, key, value))
-            if message.kind is MessageKind.SAMPLE and data[2:3] == _BATCH_HEADER[2:]:
+            if batch and message.kind is MessageKind.SAMPLE:
                 self._remember_in_batch(message)
         return out
 

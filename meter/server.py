@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from app.events import EventPublisher
 from app.kafka import KafkaEventPublisher, ensure_topics, partition_for
 from app.settings import KafkaSettings, MeterSettings, Settings
-from meter.batch_protocol import BATCH_VERSION
+from meter.batch_protocol import BATCH_VERSION_BYTE
 from meter.protocol import MAX_DATAGRAM_BYTES, DecodeError, DropReason
 from meter.record_decoder import RecordDecoder
 from meter.records import MeterCounters, pack_by_partition
@@ -52,7 +52,6 @@ RECEIVE_BUFFER = 32 * 1024 * 1024  # bursts (a flush, a GC pause) queue in the k
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux: beyond rmem_max, if allowed
 DRAIN_MESSAGES = 512  # messages read per wake-up before the loop serves other tasks
 DROP_LOG_EVERY_S = 10.0
-_BATCH_VERSION = bytes((BATCH_VERSION,))
 
 
 def receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
@@ -150,7 +149,7 @@ class MeterServer(asyncio.DatagramProtocol):
         accepted = messages = 0
         for data, addr in datagrams:
             try:
-                decoded = records(data) if data[2:3] == _BATCH_VERSION else (record(data),)
+                decoded = records(data) if data[2:3] == BATCH_VERSION_BYTE else (record(data),)
             except DecodeError as exc:
                 self._drop(exc.reason, addr, exc.detail)
                 messages += 1
@@ -226,7 +225,9 @@ class MeterServer(asyncio.DatagramProtocol):
                 append(received)
                 data: bytes = received[0] if with_sources else received
                 # at least 1: a flood claiming 0 entries must not keep the loop here
-                messages += (data[3] or 1) if data[2:3] == _BATCH_VERSION and len(data) > 3 else 1
+                messages += (
+                    (data[3] or 1) if data[2:3] == BATCH_VERSION_BYTE and len(data) > 3 else 1
+                )
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
